@@ -1,0 +1,1 @@
+"""IPA control plane."""

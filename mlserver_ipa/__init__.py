@@ -1,0 +1,1 @@
+"""IPA data plane."""
