@@ -32,7 +32,7 @@ test: install models lint typecheck
 	$(BIN)/pytest
 
 demo: install models
-	$(BIN)/python -m mlserver_ipa.demo --models $(MODELS)/resnet
+	$(BIN)/ipa demo --models $(MODELS)/resnet
 
 clean:
 	rm -rf $(VENV) build

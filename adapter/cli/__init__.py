@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "experiment",
     "report",
     "up",
+    "status",
+    "demo",
     "manifests",
 )
 
