@@ -100,7 +100,7 @@ class GraphSpec(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     slo_ms: float = Field(gt=0, description="end-to-end p99 latency objective")
-    objective: Objective = Objective()
+    objective: Objective = Field(default_factory=lambda: Objective.model_validate({}))
     accuracy: Literal["product", "mean"] = "product"
     budget_cores: float = Field(gt=0)
     cpu_step: float = Field(0.25, gt=0)
@@ -118,6 +118,23 @@ class GraphSpec(_Strict):
             raise ValueError(f"stage names repeat: {names}")
         return self
 
+    def check(self, file: str | Path = "<spec>") -> None:
+        """Checks across fields that pydantic's per-field rules cannot name precisely; `SpecError` if one fails."""
+        step = self.cpu_step
+        for i, s in enumerate(self.stages):
+            for j, c in enumerate(s.cores):
+                if abs(c / step - round(c / step)) > 1e-6:
+                    raise SpecError(
+                        str(file), f"stages[{i}].cores[{j}]", f"{c:g} is not a multiple of cpu_step {step:g}"
+                    )
+        smallest = sum(s.cores[0] for s in self.stages)
+        if smallest > self.budget_cores + 1e-9:
+            raise SpecError(
+                str(file), "budget_cores",
+                f"{self.budget_cores:g} is less than the {smallest:g} cores one replica of every stage needs "
+                "at its smallest core choice",
+            )
+
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
             if s.name == name:
@@ -127,6 +144,21 @@ class GraphSpec(_Strict):
     def profile_path(self, stage: StageSpec) -> Path:
         base = self.source.parent if self.source is not None else Path.cwd()
         return (base / stage.profile).resolve()
+
+    def profile_command(self, stage: StageSpec, variants: list[str] | None = None) -> str:
+        """The `ipa profile` command that measures a stage's profile (quoted in error messages)."""
+        cmd = f"ipa profile {self.source if self.source is not None else 'GRAPH.yaml'} --stage {stage.name}"
+        return cmd + (" --variants " + " ".join(variants) if variants else "")
+
+    def require_profiles(self) -> None:
+        """`SpecError` naming `stages[i].profile` for the first profile file that does not exist."""
+        for i, s in enumerate(self.stages):
+            path = self.profile_path(s)
+            if not path.exists():
+                raise SpecError(
+                    str(self.source or "<spec>"), f"stages[{i}].profile",
+                    f"profile missing: {s.profile} does not exist; run `{self.profile_command(s)}` to measure it",
+                )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -140,15 +172,24 @@ def parse_spec(data: object, file: str | Path = "<spec>") -> GraphSpec:
     """Validate already-parsed YAML; raise `SpecError` naming the first bad field."""
     if not isinstance(data, dict):
         raise SpecError(str(file), "(top level)", "expected a mapping of fields")
+    if "source" in data:
+        raise SpecError(str(file), "source", "Extra inputs are not permitted")
     try:
-        return GraphSpec.model_validate({**data, "source": Path(file) if str(file) != "<spec>" else None})
+        spec = GraphSpec.model_validate({**data, "source": Path(file) if str(file) != "<spec>" else None})
     except ValidationError as e:
         err = e.errors()[0]
-        raise SpecError(str(file), _field_path(tuple(err["loc"])), err["msg"]) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SpecError(str(file), _field_path(tuple(err["loc"])), msg) from None
+    spec.check(file)
+    return spec
 
 
-def load_spec(path: str | Path) -> GraphSpec:
-    """Read and validate an inference-graph YAML file."""
+def load_spec(path: str | Path, require_profiles: bool = False) -> GraphSpec:
+    """Read and validate an inference-graph YAML file.
+
+    With `require_profiles` (before solving), a profile file that does not exist is an error too; the message
+    says which `ipa profile` command measures it. `adapter.profile.load_graph_profiles` reads and checks them.
+    """
     p = Path(path)
     try:
         text = p.read_text()
@@ -160,4 +201,7 @@ def load_spec(path: str | Path) -> GraphSpec:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
         raise SpecError(str(p), where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_spec(data, p)
+    spec = parse_spec(data, p)
+    if require_profiles:
+        spec.require_profiles()
+    return spec
