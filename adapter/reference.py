@@ -40,12 +40,11 @@ class ImportResult:
     skipped: list[str]  # one note per row left out, saying why
 
 
-def _number(file: str, line: int, col: str, raw: str | None, kind: type[int] | type[float]) -> float:
+def _number(file: str, line: int, col: str, raw: str | None) -> float:
     try:
-        value = kind(float(raw)) if kind is int else float(raw or "")
-    except (TypeError, ValueError):
+        return float(raw or "")
+    except ValueError:
         raise SpecError(file, f"line {line}: {col}", f"not a number: {raw!r}") from None
-    return value
 
 
 def import_infadapter(path: str | Path, sla_ms: float = DEFAULT_SLA_MS, stage: str = "resnet") -> ImportResult:
@@ -67,19 +66,19 @@ def import_infadapter(path: str | Path, sla_ms: float = DEFAULT_SLA_MS, stage: s
     slas: set[float] = set()
     for row in reader:
         line = reader.line_num
-        sla = _number(file, line, "SLA", row["SLA"], float)
+        sla = _number(file, line, "SLA", row["SLA"])
         slas.add(sla)
         if sla != sla_ms:
             continue
-        arch = int(_number(file, line, "ARCH", row["ARCH"], int))
-        cores = _number(file, line, "CPU", row["CPU"], float)
-        batch = int(_number(file, line, "BATCH", row["BATCH"], int))
-        capacity = _number(file, line, "capacity", row["capacity"], float)
+        arch = int(_number(file, line, "ARCH", row["ARCH"]))
+        cores = _number(file, line, "CPU", row["CPU"])
+        batch = int(_number(file, line, "BATCH", row["BATCH"]))
+        capacity = _number(file, line, "capacity", row["capacity"])
         variant = f"resnet{arch}"
         if not (row["p99_latency"] or "").strip():
             skipped.append(f"line {line}: {variant} at {cores:g} cores: no p99 at SLA {sla_ms:g} ms (no load met it)")
             continue
-        p99 = _number(file, line, "p99_latency", row["p99_latency"], float)
+        p99 = _number(file, line, "p99_latency", row["p99_latency"])
         point = ProfilePoint(
             stage=stage, variant=variant, batch=batch, cores=cores, p50_ms=p99, p99_ms=p99, mean_ms=p99,
             throughput_rps=capacity, samples=0, machine=INFADAPTER_MACHINE,

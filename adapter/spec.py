@@ -6,6 +6,7 @@ and the field (`inference_graphs/x.yaml: stages[1].variants[0].accuracy: Field r
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -168,17 +169,28 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _suggestion(name: str) -> str:
+    known = {f for m in (GraphSpec, StageSpec, VariantSpec, Objective, StaticConfig) for f in m.model_fields}
+    known.discard("source")
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_spec(data: object, file: str | Path = "<spec>") -> GraphSpec:
     """Validate already-parsed YAML; raise `SpecError` naming the first bad field."""
     if not isinstance(data, dict):
         raise SpecError(str(file), "(top level)", "expected a mapping of fields")
     if "source" in data:
-        raise SpecError(str(file), "source", "Extra inputs are not permitted")
+        raise SpecError(str(file), "source", "unknown field")
     try:
         spec = GraphSpec.model_validate({**data, "source": Path(file) if str(file) != "<spec>" else None})
     except ValidationError as e:
-        err = e.errors()[0]
+        # An unknown field first: it is often a misspelt required one, which pydantic reports as missing.
+        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        err = errors[0]
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field" + _suggestion(str(err["loc"][-1]))
         raise SpecError(str(file), _field_path(tuple(err["loc"])), msg) from None
     spec.check(file)
     return spec
