@@ -1,0 +1,391 @@
+"""The pipeline router: the whole pipeline served as one V2 model, when no Seldon executor is there.
+
+`POST /v2/models/<pipeline>/infer` takes a V2 request (JSON tensors) for the first stage and answers with the
+last stage's outputs. Between stages the tensor named `output` becomes the next stage's `input`; other outputs
+of inner stages come back too, named `<stage>.<name>` (a detector's boxes beside the classifier's classes).
+
+Per request, per stage: a replica group is drawn by its load share and the replica of that group with the
+fewest outstanding requests gets the request (`RouteTable`). The remaining deadline (`parameters.deadline_ms`,
+counted from the request's arrival here) is passed to every stage, decremented by the time spent so far; a
+replica that cannot be reached or is overloaded (503) is replaced by another one of the stage while the
+deadline allows (inference is idempotent). Errors come in the V2 shape `{"error": "..."}`:
+
+    400  the request is not a V2 request, or a stage refused it (the stage's message)
+    404  another model name than the pipeline's
+    502  a stage failed (its replica answered 5xx, or none could be reached)
+    503  a stage has no ready replica
+    504  the deadline is gone (before a stage, or a stage said it cannot meet it)
+
+The table is changed in place: by the executor in the same process (`await router.update_stage(...)`), or over
+HTTP (`PUT /router/stages/<stage>` with a `StageRoute` body; `RouterClient` does it) when the router runs as
+its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`.
+`GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus
+
+CHAIN_OUTPUT, CHAIN_INPUT = "output", "input"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+
+class PipelineError(Exception):
+    """A request the pipeline could not answer; `status` is the HTTP status it is answered with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Exception):
+    """A replica failed in a way another replica of the stage may not (gone, overloaded)."""
+
+
+class _OutstandingCollector(Collector):
+    def __init__(self, router: PipelineRouter) -> None:
+        self.router = router
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily("ipa_router_outstanding_requests", "Requests in flight per replica",
+                              labels=["pipeline", "stage", "replica"])
+        for rid, n in self.router.table.outstanding.items():
+            g.add_metric([self.router.pipeline, self.router.table.stage_of.get(rid, ""), rid], n)
+        yield g
+
+
+class PipelineRouter:
+    """Chains the stages of one pipeline over their replicas; the table is changed in place while serving."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        stages: Sequence[str],
+        *,
+        retries: int = 3,
+        timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """`retries`: other replicas tried after one that failed; `timeout_s`: longest wait for a stage when
+        the request carries no deadline; `registry`: where the metrics go (a fresh one when None)."""
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.pipeline = pipeline
+        self.table = RouteTable(list(stages))
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        self._changed = asyncio.Event()
+        labels = ["pipeline"]
+        self.m_requests = Counter("ipa_router_requests", "Pipeline requests by HTTP status",
+                                  [*labels, "code"], registry=self.registry)
+        self.m_latency = Histogram("ipa_router_request_duration_seconds", "End-to-end pipeline latency",
+                                   labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.m_stage = Counter("ipa_router_stage_requests", "Stage calls by variant and HTTP status",
+                               [*labels, "stage", "variant", "code"], registry=self.registry)
+        self.m_stage_latency = Histogram("ipa_router_stage_duration_seconds", "Latency of one stage call",
+                                         [*labels, "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.m_retries = Counter("ipa_router_retries", "Stage calls sent again to another replica",
+                                 [*labels, "stage"], registry=self.registry)
+        self.registry.register(_OutstandingCollector(self))
+
+    @property
+    def stages(self) -> list[str]:
+        return self.table.stages
+
+    # -- the table -------------------------------------------------------------------------------------
+
+    async def update_stage(self, stage: str, route: StageRoute) -> StageStatus:
+        """Replace the routing of `stage`; requests already sent finish where they are."""
+        self.table.set_route(stage, route)
+        return self.table.stage_status(stage)
+
+    async def stage_status(self, stage: str) -> StageStatus:
+        return self.table.stage_status(stage)
+
+    def status(self) -> RouterStatus:
+        return self.table.status(self.pipeline)
+
+    @property
+    def ready(self) -> bool:
+        return all(self.table.ready(s) for s in self.stages)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- serving ---------------------------------------------------------------------------------------
+
+    async def infer(self, body: Any) -> dict[str, Any]:
+        """Serve one V2 request through all stages; raises `PipelineError` with the status to answer."""
+        start = self.clock()
+        code = 200
+        try:
+            return await self._infer(body, start)
+        except PipelineError as e:
+            code = e.status
+            raise
+        finally:
+            self.m_requests.labels(self.pipeline, str(code)).inc()
+            self.m_latency.labels(self.pipeline).observe(self.clock() - start)
+
+    async def _infer(self, body: Any, start: float) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+            raise PipelineError(400, "not a V2 inference request: expected a JSON object with a list of `inputs`")
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise PipelineError(400, "`parameters` must be a JSON object")
+        raw_deadline = params.get("deadline_ms")
+        if raw_deadline is not None and (isinstance(raw_deadline, bool) or not isinstance(raw_deadline, int | float)):
+            raise PipelineError(400, "parameters.deadline_ms must be a number")
+        deadline = None if raw_deadline is None else float(raw_deadline)
+        inputs: list[Any] = body["inputs"]
+        extra: list[dict[str, Any]] = []
+        variants: list[str] = []
+        remaining: float | None = None
+        for i, stage in enumerate(self.stages):
+            if deadline is not None:
+                remaining = deadline - (self.clock() - start) * 1000.0
+                if remaining <= 0:
+                    raise PipelineError(504, f"deadline exceeded before stage {stage!r} "
+                                             f"({-remaining:.1f} ms late)")
+            request: dict[str, Any] = {"inputs": inputs, "parameters": dict(params)}
+            if remaining is not None:
+                request["parameters"]["deadline_ms"] = remaining
+            if "id" in body:
+                request["id"] = body["id"]
+            response, variant = await self._call_stage(stage, request, start, deadline)
+            variants.append(f"{stage}={variant}")
+            outputs = response.get("outputs") or []
+            echoed = (response.get("parameters") or {}).get("deadline_ms")
+            if deadline is not None and remaining is not None and isinstance(echoed, int | float):
+                # The stage counts its own time; ours also counts the network. Keep the tighter one.
+                remaining = min(float(echoed), deadline - (self.clock() - start) * 1000.0)
+            if i == len(self.stages) - 1:
+                out_params: dict[str, Any] = {"variants": ",".join(variants)}
+                if remaining is not None:
+                    out_params["deadline_ms"] = remaining
+                result = {"model_name": self.pipeline, "outputs": [*outputs, *extra], "parameters": out_params}
+                if "id" in body:
+                    result["id"] = body["id"]
+                return result
+            chained = [o for o in outputs if o.get("name") == CHAIN_OUTPUT]
+            if not chained:
+                raise PipelineError(502, f"stage {stage!r} answered without an `{CHAIN_OUTPUT}` tensor to pass on")
+            inputs = [{**chained[0], "name": CHAIN_INPUT}]
+            extra += [{**o, "name": f"{stage}.{o.get('name')}"} for o in outputs if o.get("name") != CHAIN_OUTPUT]
+        raise AssertionError("unreachable")
+
+    async def _call_stage(
+        self, stage: str, request: dict[str, Any], start: float, deadline: float | None
+    ) -> tuple[dict[str, Any], str]:
+        tried: list[str] = []
+        last_problem = "no ready replica"
+        for attempt in range(self.retries + 1):
+            pick = self.table.pick(stage, exclude=tried)
+            if pick is None:
+                if not tried:
+                    raise PipelineError(503, f"stage {stage!r} has no ready replica")
+                break
+            if attempt:
+                self.m_retries.labels(self.pipeline, stage).inc()
+            timeout = self.timeout_s
+            if deadline is not None:
+                left_ms = deadline - (self.clock() - start) * 1000.0
+                if left_ms <= 0:
+                    raise PipelineError(504, f"deadline exceeded in stage {stage!r}")
+                request["parameters"]["deadline_ms"] = left_ms
+                timeout = left_ms / 1000.0 + 0.05  # the replica answers 504 itself; this only guards a hang
+            tried.append(pick.replica.id)
+            try:
+                return await self._post(stage, pick, request, timeout), pick.variant
+            except _Retry as e:
+                last_problem = str(e)
+        raise PipelineError(502, f"stage {stage!r} failed on {len(tried)} replica(s); last: {last_problem}")
+
+    async def _post(self, stage: str, pick: Pick, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        route = self.table.routes[stage]
+        url = f"{pick.replica.url}/v2/models/{route.model}/infer"
+        self.table.begin(stage, pick.replica.id)
+        t0 = self.clock()
+        code = "error"
+        try:
+            resp = await self._client.post(url, content=orjson.dumps(request), timeout=timeout,
+                                           headers={"content-type": "application/json"})
+            code = str(resp.status_code)
+        except httpx.TimeoutException as e:
+            code = "504"
+            raise PipelineError(504, f"deadline exceeded in stage {stage!r} (replica {pick.replica.id})") from e
+        except httpx.TransportError as e:
+            raise _Retry(f"replica {pick.replica.id} unreachable: {type(e).__name__}") from e
+        finally:
+            self.table.end(pick.replica.id)
+            self.m_stage.labels(self.pipeline, stage, pick.variant, code).inc()
+            self.m_stage_latency.labels(self.pipeline, stage).observe(self.clock() - t0)
+        try:
+            payload = orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            payload = {"error": resp.text[:200]}
+        if resp.status_code == 200:
+            return payload
+        message = payload.get("error") or payload.get("detail") or resp.text[:200]
+        if resp.status_code == 503:
+            raise _Retry(f"replica {pick.replica.id} overloaded: {message}")
+        if resp.status_code == 504:
+            raise PipelineError(504, f"stage {stage!r}: {message}")
+        if 400 <= resp.status_code < 500:
+            raise PipelineError(resp.status_code, f"stage {stage!r}: {message}")
+        raise PipelineError(502, f"stage {stage!r} failed (HTTP {resp.status_code}): {message}")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(router: PipelineRouter) -> FastAPI:
+    """The router's HTTP surface: V2 inference, health, metrics, and the table under `/router`."""
+    app = FastAPI(title=f"IPA pipeline router: {router.pipeline}", docs_url="/router/docs",
+                  openapi_url="/router/openapi.json")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        return _error(422, where)
+
+    def _unknown(name: str) -> JSONResponse:
+        return _error(404, f"model {name!r} not found; this router serves {router.pipeline!r}")
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        if name != router.pipeline:
+            return _unknown(name)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as e:
+            return _error(400, f"body is not JSON: {e}")
+        try:
+            result = await router.infer(body)
+        except PipelineError as e:
+            return _error(e.status, str(e))
+        return Response(orjson.dumps(result), media_type="application/json")
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return Response(status_code=200 if router.ready else 503)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        if name != router.pipeline:
+            return _unknown(name)
+        return Response(status_code=200 if router.ready else 503)
+
+    @app.get("/v2/models/{name}")
+    async def metadata(name: str) -> Response:
+        if name != router.pipeline:
+            return _unknown(name)
+        return JSONResponse({"name": router.pipeline, "platform": "ipa-pipeline", "versions": [],
+                             "parameters": {"stages": ",".join(router.stages)}})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(router.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/router")
+    async def table() -> RouterStatus:
+        return router.status()
+
+    @app.get("/router/stages/{stage}")
+    async def get_stage(stage: str) -> Response:
+        if stage not in router.stages:
+            return _error(404, f"no stage {stage!r}; stages: {', '.join(router.stages)}")
+        return JSONResponse((await router.stage_status(stage)).model_dump())
+
+    @app.put("/router/stages/{stage}")
+    async def put_stage(stage: str, route: StageRoute) -> Response:
+        if stage not in router.stages:
+            return _error(404, f"no stage {stage!r}; stages: {', '.join(router.stages)}")
+        return JSONResponse((await router.update_stage(stage, route)).model_dump())
+
+    return app
+
+
+class RouterClient:
+    """The table of a router in another process, with the same `update_stage`/`stage_status` as the router."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
+
+    async def update_stage(self, stage: str, route: StageRoute) -> StageStatus:
+        resp = await self._client.put(f"/router/stages/{stage}", json=route.model_dump())
+        resp.raise_for_status()
+        return StageStatus.model_validate(resp.json())
+
+    async def stage_status(self, stage: str) -> StageStatus:
+        resp = await self._client.get(f"/router/stages/{stage}")
+        resp.raise_for_status()
+        return StageStatus.model_validate(resp.json())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
+    """Serve `router` on host:port in the running event loop; yields its base URL; stops on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(router), host=host, port=port, log_level="warning",
+                                           lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start (port taken, ...)
+                raise RuntimeError(f"router server on {host}:{port} stopped at start")
+            await asyncio.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await router.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlserver_ipa.router", description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", required=True, help="the model name the pipeline is served as")
+    parser.add_argument("--stages", required=True, help="stage names in order, comma-separated")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s])
+    uvicorn.run(create_app(router), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
