@@ -1,0 +1,240 @@
+"""The deadline-aware batcher: when to run a batch, which requests go in it, and which can no longer make it.
+
+Rules (all decided from an injected clock and measured service times, never from the wall clock):
+
+- A batch takes the most urgent waiting requests (see `queueing`) up to `batch_size` rows.
+- While the queue holds fewer rows than `batch_size`, the batcher waits for more, but at most
+  `max_batch_time` after the oldest waiting request arrived, and never past the moment when starting a
+  full batch would miss the earliest waiting deadline.
+- With `on_late="drop"`, a request that would miss its deadline even if it were served alone at the earliest
+  moment the server is free (queue wait + the measured service time for its rows) is rejected at once: when it
+  arrives, whenever a batch is planned, and right after a batch is dispatched (the rest must wait for it).
+  A request is not added to a batch if the larger batch would make any request in it late.
+- With `on_late="serve"`, nothing is rejected for its deadline; late answers are counted by the runtime.
+
+`plan_batch` is the decision, a pure function of the queue and `now`; `Batcher` is the thin async loop that
+runs one batch at a time through an `execute` callback and sleeps until the next arrival or planned time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from mlserver_ipa.queueing import DeadlineQueue, Entry
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+ServiceTime = Callable[[int], float]
+"""Expected seconds to serve a batch of the given number of rows with the active session."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    batch_size: int = 1
+    """Most rows per batch."""
+    max_batch_time: float = 0.0
+    """Most seconds a request waits for its batch to fill."""
+    on_late: Literal["drop", "serve"] = "drop"
+
+
+class ServiceTimes:
+    """Measured service time per (configuration, batch rows): an exponentially weighted moving average.
+
+    A configuration is whatever changes the speed (here: variant and thread count). Batch sizes not yet
+    measured are interpolated between measured ones, or extrapolated along the last measured slope; nothing
+    measured yet means 0 (no request is rejected on a guess).
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._table: dict[Hashable, dict[int, float]] = {}
+
+    def observe(self, config: Hashable, rows: int, seconds: float) -> None:
+        known = self._table.setdefault(config, {})
+        old = known.get(rows)
+        known[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def seed(self, config: Hashable, rows: int, seconds: float) -> None:
+        """Set the estimate outright (warm-up measurements of a new session)."""
+        self._table.setdefault(config, {})[rows] = seconds
+
+    def table(self, config: Hashable) -> dict[int, float]:
+        return dict(sorted(self._table.get(config, {}).items()))
+
+    def estimate(self, config: Hashable, rows: int) -> float:
+        known = self._table.get(config)
+        if not known:
+            return 0.0
+        # A batch is never faster than a smaller one, even when noise measured it so.
+        floor = max((s for r, s in known.items() if r <= rows), default=0.0)
+        if rows in known:
+            return max(floor, known[rows])
+        below = sorted(r for r in known if r < rows)
+        above = sorted(r for r in known if r > rows)
+        if below and above:
+            lo, hi = below[-1], above[0]
+            guess = known[lo] + (known[hi] - known[lo]) * (rows - lo) / (hi - lo)
+        elif below:
+            hi = below[-1]
+            if len(below) >= 2:
+                lo = below[-2]
+                guess = known[hi] + max(0.0, (known[hi] - known[lo]) / (hi - lo)) * (rows - hi)
+            else:
+                guess = known[hi] * rows / hi
+        else:
+            guess = known[above[0]]  # fewer rows than anything measured: never slower than that batch
+        return max(floor, guess)
+
+
+@dataclass(frozen=True)
+class Drop(Generic[T]):
+    """A request that cannot meet its deadline, with the numbers that show it."""
+
+    entry: Entry[T]
+    start: float
+    """Earliest time it could start."""
+    service: float
+    """Expected service time of its rows alone."""
+
+
+@dataclass
+class Plan(Generic[T]):
+    batch: list[Entry[T]] = field(default_factory=list)
+    """Run these now (empty: nothing to run yet)."""
+    dropped: list[Drop[T]] = field(default_factory=list)
+    """Reject these for their deadline."""
+    wait_until: float | None = None
+    """With no batch: plan again at this time at the latest (None: at the next arrival)."""
+
+
+def expire(queue: DeadlineQueue[T], start: float, service_time: ServiceTime) -> list[Drop[T]]:
+    """Remove the requests that would miss their deadline even if served alone from `start` on."""
+    gone = queue.remove_if(lambda e: start + service_time(e.rows) > e.deadline)
+    return [Drop(e, start, service_time(e.rows)) for e in gone]
+
+
+def plan_batch(queue: DeadlineQueue[T], now: float, policy: BatchPolicy, service_time: ServiceTime) -> Plan[T]:
+    """Decide, with the server free at `now`, what to run, what to reject and how long to wait."""
+    drop = policy.on_late == "drop"
+    dropped = expire(queue, now, service_time) if drop else []
+    if not queue:
+        return Plan(dropped=dropped)
+    if queue.rows < policy.batch_size and policy.max_batch_time > 0:
+        oldest = queue.oldest_arrival()
+        window_end = (now if oldest is None else oldest) + policy.max_batch_time
+        latest_start = queue.earliest_deadline() - service_time(policy.batch_size)
+        wait_until = min(window_end, latest_start)
+        if wait_until > now:
+            return Plan(dropped=dropped, wait_until=wait_until)
+    batch: list[Entry[T]] = []
+    rows, deadline = 0, math.inf
+    while queue:
+        head = queue.peek()
+        assert head is not None
+        if batch:
+            if rows + head.rows > policy.batch_size:
+                break
+            if drop and now + service_time(rows + head.rows) > min(deadline, head.deadline):
+                break  # a larger batch would make someone late: leave it for the next one
+        batch.append(queue.pop())
+        rows += head.rows
+        deadline = min(deadline, head.deadline)
+    if drop:
+        dropped += expire(queue, now + service_time(rows), service_time)  # the rest wait for this batch
+    return Plan(batch=batch, dropped=dropped)
+
+
+@dataclass(frozen=True)
+class Rejection(Generic[T]):
+    """Why a request is answered without being served."""
+
+    entry: Entry[T]
+    reason: Literal["deadline", "overloaded"]
+    now: float
+    start: float = 0.0
+    service: float = 0.0
+
+
+class Batcher(Generic[T]):
+    """Runs `plan_batch` in a loop: one batch in flight at a time, through `execute`.
+
+    `execute(batch)` serves the requests (and answers them); `reject(rejection)` answers a request that will
+    not be served. `service_time` reads the active session's estimates, so a variant switch is seen at once.
+    """
+
+    def __init__(
+        self,
+        queue: DeadlineQueue[T],
+        policy: BatchPolicy,
+        *,
+        clock: Callable[[], float],
+        service_time: ServiceTime,
+        execute: Callable[[list[Entry[T]]], Awaitable[None]],
+        reject: Callable[[Rejection[T]], None],
+    ) -> None:
+        self.queue = queue
+        self._policy = policy
+        self._clock = clock
+        self._service_time = service_time
+        self._execute = execute
+        self._reject = reject
+        self._wakeup = asyncio.Event()
+        self._busy_until: float | None = None
+        self.in_flight = 0
+        """Rows in the batch being served."""
+
+    @property
+    def policy(self) -> BatchPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: BatchPolicy) -> None:
+        self._policy = policy
+        self._wakeup.set()
+
+    def submit(self, item: T, *, deadline: float = math.inf, priority: int = 0, rows: int = 1) -> None:
+        """Queue a request, or reject it at once if it cannot meet its deadline or does not fit."""
+        now = self._clock()
+        if self._policy.on_late == "drop":
+            start = now if self._busy_until is None else max(now, self._busy_until)
+            service = self._service_time(rows)
+            if start + service > deadline:
+                entry = Entry(item, deadline, priority, now, rows)
+                self._reject(Rejection(entry, "deadline", now, start, service))
+                return
+        left_out = self.queue.push(item, deadline=deadline, priority=priority, rows=rows)
+        if left_out is not None:
+            self._reject(Rejection(left_out, "overloaded", now))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        while True:
+            now = self._clock()
+            plan = plan_batch(self.queue, now, self._policy, self._service_time)
+            for d in plan.dropped:
+                self._reject(Rejection(d.entry, "deadline", now, d.start, d.service))
+            if plan.batch:
+                rows = sum(e.rows for e in plan.batch)
+                self._busy_until = now + self._service_time(rows)
+                self.in_flight = rows
+                try:
+                    await self._execute(plan.batch)
+                except Exception:  # execute answers its own requests; never let one batch stop the loop
+                    log.exception("batch execution failed")
+                finally:
+                    self._busy_until = None
+                    self.in_flight = 0
+                continue
+            self._wakeup.clear()
+            timeout = None if plan.wait_until is None else max(0.0, plan.wait_until - now)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass

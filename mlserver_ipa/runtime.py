@@ -1,0 +1,361 @@
+"""`VariantRuntime`: the MLServer runtime that serves one stage replica from a family of ONNX variants.
+
+What it adds to a plain onnxruntime runtime:
+
+- per-request SLOs: V2 request `parameters.deadline_ms` (budget left, ms, from arrival here) and
+  `parameters.priority` (lower is more urgent); the response `parameters` echo `deadline_ms` minus the time
+  spent here, `priority`, and say what served it: `variant`, `batch_size` (rows in the onnxruntime call),
+  `batch_id` (shared by requests served together), `queue_ms` and `service_ms`;
+- its own deadline-aware queue and batcher (`queueing`, `batching`) in place of MLServer's FIFO batcher,
+  so keep `max_batch_size` unset in `model-settings.json`;
+- in-place control at `/v2/models/<model>/control` (GET: state; POST: a `ControlRequest`): switch variant,
+  threads, batch size, batch window, queue limit and late policy; sessions are swapped atomically (`session`);
+- Prometheus metrics on MLServer's metrics endpoint (`metrics`).
+
+MLServer re-imports this module each time it reads a model's `implementation`, so nothing lives at module level
+here except the class; state, metrics and errors live in the modules it imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fastapi import Request
+from mlserver import MLModel
+from mlserver.handlers.custom import CustomHandler, register_custom_handler
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters
+from pydantic import ValidationError
+
+from mlserver_ipa.batching import Batcher, BatchPolicy, Rejection, ServiceTimes
+from mlserver_ipa.errors import (
+    DeadlineUnmeetable,
+    ExecutionFailed,
+    InvalidControl,
+    InvalidInput,
+    Overloaded,
+)
+from mlserver_ipa.metrics import ModelMetrics
+from mlserver_ipa.queueing import DeadlineQueue, Entry
+from mlserver_ipa.session import SessionHolder, VariantSession
+from mlserver_ipa.settings import (
+    ControlRequest,
+    ControlState,
+    RequestSLO,
+    RuntimeSettings,
+    VariantInfo,
+    describe_validation_error,
+)
+from mlserver_ipa.tensors import decode_inputs, encode_outputs, requested_outputs
+
+
+@dataclass(frozen=True)
+class Served:
+    outputs: dict[str, np.ndarray]
+    variant: str
+    batch_rows: int
+    batch_id: int
+    dispatched: float
+    service: float
+    done: float
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request waiting in the queue: its decoded inputs and the future its answer goes to."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: list[str]
+    rows: int
+    arrival: float
+    deadline_ms: float | None
+    priority: int
+    future: asyncio.Future[Served] = field(repr=False)
+
+
+class VariantRuntime(MLModel):
+    """Serves the active variant of a family through a deadline-aware batcher; switches in place."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        super().__init__(settings)
+        extra = (settings.parameters.extra if settings.parameters else None) or {}
+        try:
+            self.config = RuntimeSettings.model_validate(extra)
+        except ValidationError as e:
+            raise ValueError(f"model {settings.name}: parameters.extra: {describe_validation_error(e)}") from e
+        source = getattr(settings, "_source", None)
+        self._folder = Path(source).parent if source else Path.cwd()
+        self._clock = time.monotonic
+        self._sessions = SessionHolder()
+        self._times = ServiceTimes(self.config.ewma_alpha)
+        self._queue: DeadlineQueue[Pending] = DeadlineQueue(self.config.queue_limit, self._clock)
+        self._batcher = Batcher(
+            self._queue,
+            self._policy(self.config),
+            clock=self._clock,
+            service_time=self._service_time,
+            execute=self._execute,
+            reject=self._reject,
+        )
+        self._metrics = ModelMetrics(self.name, [v.name for v in self.config.variants])
+        self._worker: asyncio.Task[None] | None = None
+        self._batch_ids = itertools.count(1)
+        self._control_lock = asyncio.Lock()
+        self._switches = 0
+        self._last_switch_ms: float | None = None
+        self._signature: tuple | None = None
+
+        # The control endpoint: MLServer mounts callables carrying a CustomHandler at exactly their rest_path,
+        # and the path has to name this model, so the handlers are made per instance.
+        path = f"/v2/models/{self.name}/control"
+
+        async def control_state() -> dict:
+            return self.state().model_dump(exclude_none=True)
+
+        async def control_apply(request: Request) -> dict:
+            return (await self.apply(_parse_control(await request.body()))).model_dump(exclude_none=True)
+
+        register_custom_handler(CustomHandler(rest_path=path, rest_method="GET"), control_state)
+        register_custom_handler(CustomHandler(rest_path=path, rest_method="POST"), control_apply)
+        self.control_state = control_state
+        self.control_apply = control_apply
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def load(self) -> bool:
+        active = self.config.active
+        assert active is not None
+        session = await self._build(active, self.config.threads, self.config.batch_size)
+        self._signature = session.signature()
+        self._describe(session)
+        self._metrics.configured(active, self.config.threads, self.config.batch_size)
+        self._worker = asyncio.create_task(self._batcher.run(), name=f"batcher-{self.name}")
+        return True
+
+    async def unload(self) -> bool:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        for entry in self._queue.remove_if(lambda e: True):
+            if not entry.item.future.done():
+                entry.item.future.set_exception(Overloaded(f"model {self.name} is unloading"))
+        self._metrics.queue(0)
+        self._sessions.release()
+        return True
+
+    # -- inference ---------------------------------------------------------------------------------------
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        arrival = self._clock()
+        slo = _parse_slo(payload.parameters)
+        session = self._sessions.active
+        feeds, rows = decode_inputs(payload.inputs, session.inputs, self.config.max_request_rows)
+        outputs = requested_outputs(payload.outputs, session.outputs)
+        deadline_ms = slo.deadline_ms if slo.deadline_ms is not None else self.config.default_deadline_ms
+        priority = slo.priority if slo.priority is not None else self.config.default_priority
+        deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1000
+        pending = Pending(feeds, outputs, rows, arrival, deadline_ms, priority,
+                          asyncio.get_running_loop().create_future())
+        self._batcher.submit(pending, deadline=deadline, priority=priority, rows=rows)
+        self._metrics.queue(len(self._queue))
+        served = await pending.future
+        params = {
+            "priority": priority,
+            "variant": served.variant,
+            "batch_size": served.batch_rows,
+            "batch_id": served.batch_id,
+            "queue_ms": round((served.dispatched - arrival) * 1000, 3),
+            "service_ms": round(served.service * 1000, 3),
+        }
+        if deadline_ms is not None:
+            params["deadline_ms"] = round(deadline_ms - (self._clock() - arrival) * 1000, 3)
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            parameters=Parameters(**params),
+            outputs=encode_outputs(served.outputs, outputs, self._sessions.active.outputs),
+        )
+
+    def _service_time(self, rows: int) -> float:
+        return self._times.estimate(self._sessions.active.config, rows)
+
+    async def _execute(self, batch: list[Entry[Pending]]) -> None:
+        live = [e for e in batch if not e.item.future.done()]  # a caller that went away is not served
+        self._metrics.queue(len(self._queue))
+        if not live:
+            return
+        session = self._sessions.active  # a swap after this line only affects the next batch
+        dispatched = self._clock()
+        groups: dict[tuple, list[Entry[Pending]]] = defaultdict(list)
+        for e in live:  # requests whose dynamic non-batch dimensions differ cannot share one call
+            groups[tuple(a.shape[1:] for a in e.item.feeds.values())].append(e)
+        for group in groups.values():
+            await self._run_group(session, group, dispatched)
+
+    async def _run_group(self, session: VariantSession, group: list[Entry[Pending]], dispatched: float) -> None:
+        rows = sum(e.rows for e in group)
+        feeds = {
+            s.name: group[0].item.feeds[s.name] if len(group) == 1
+            else np.concatenate([e.item.feeds[s.name] for e in group])
+            for s in session.inputs
+        }
+        t0 = self._clock()
+        try:
+            outputs = await session.run(feeds)
+        except Exception as e:  # the checks in `tensors` should make this unreachable; answer, do not crash
+            for entry in group:
+                if not entry.item.future.done():
+                    entry.item.future.set_exception(ExecutionFailed(f"{session.variant}: inference failed: {e}"))
+            return
+        done = self._clock()
+        service = done - t0
+        self._times.observe(session.config, rows, service)
+        self._metrics.batch(session.variant, rows, service)
+        batch_id = next(self._batch_ids)
+        offset = 0
+        for entry in group:
+            p = entry.item
+            sliced = {name: outputs[name][offset:offset + p.rows] for name in p.outputs}
+            offset += p.rows
+            if p.future.done():
+                continue
+            p.future.set_result(Served(sliced, session.variant, rows, batch_id, dispatched, service, done))
+            self._metrics.served(session.variant, dispatched - p.arrival, done - p.arrival, done > entry.deadline)
+
+    def _reject(self, rejection: Rejection[Pending]) -> None:
+        p = rejection.entry.item
+        variant = self._sessions.active.variant
+        self._metrics.dropped(variant, rejection.reason)
+        self._metrics.queue(len(self._queue))
+        if p.future.done():
+            return
+        if rejection.reason == "overloaded":
+            error: Exception = Overloaded(
+                f"overloaded: {len(self._queue)} requests are queued (queue_limit {self._queue.limit}) and this "
+                "one is not more urgent than any of them; retry later or on another replica"
+            )
+        else:
+            left = (rejection.entry.deadline - rejection.now) * 1000
+            error = DeadlineUnmeetable(
+                f"deadline cannot be met: {left:.1f} ms of the {p.deadline_ms:.1f} ms budget left, the earliest "
+                f"start is in {(rejection.start - rejection.now) * 1000:.1f} ms and serving {rejection.entry.rows} "
+                f"row(s) on {variant} takes {rejection.service * 1000:.1f} ms"
+            )
+        p.future.set_exception(error)
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    def state(self) -> ControlState:
+        session = self._sessions.active
+        cfg = self.config
+        return ControlState(
+            model=self.name,
+            variant=session.variant,
+            variants=[VariantInfo(name=v.name, accuracy=v.accuracy) for v in cfg.variants],
+            batch_size=cfg.batch_size,
+            max_batch_time_ms=cfg.max_batch_time_ms,
+            threads=session.threads,
+            queue_limit=cfg.queue_limit,
+            on_late=cfg.on_late,
+            queue_length=len(self._queue),
+            in_flight=self._batcher.in_flight,
+            service_time_ms={r: round(s * 1000, 3) for r, s in self._times.table(session.config).items()},
+            switches=self._switches,
+            last_switch_ms=self._last_switch_ms,
+        )
+
+    async def apply(self, change: ControlRequest) -> ControlState:
+        """Apply a control request; a new session is built and warmed beside the active one before the swap."""
+        async with self._control_lock:
+            cfg = self.config
+            if change.variant is not None and cfg.variant(change.variant) is None:
+                known = ", ".join(v.name for v in cfg.variants)
+                raise InvalidControl(f"unknown variant {change.variant!r}; model {self.name} has: {known}")
+            current = self._sessions.active
+            variant = change.variant or current.variant
+            threads = change.threads or current.threads
+            batch_size = change.batch_size or cfg.batch_size
+            if (variant, threads) != current.config:
+                t0 = self._clock()
+                new = await self._build(variant, threads, batch_size)
+                self._switches += 1
+                self._last_switch_ms = round((self._clock() - t0) * 1000, 3)
+                self._metrics.switched()
+                self._describe(new)
+            updates = {
+                "active": variant,
+                "threads": threads,
+                "batch_size": batch_size,
+                **change.model_dump(include={"max_batch_time_ms", "queue_limit", "on_late"}, exclude_none=True),
+            }
+            self.config = cfg.model_copy(update=updates)
+            self._queue.limit = self.config.queue_limit
+            self._batcher.policy = self._policy(self.config)
+            self._metrics.configured(variant, threads, batch_size)
+            return self.state()
+
+    async def _build(self, variant: str, threads: int, batch_size: int) -> VariantSession:
+        spec = self.config.variant(variant)
+        assert spec is not None
+        path = Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
+
+        def compatible(session: VariantSession) -> None:
+            if self._signature is not None and session.signature() != self._signature:
+                raise InvalidControl(
+                    f"variant {variant} takes inputs {session.signature()}, the model serves {self._signature}; "
+                    "queued requests could not be served by it"
+                )
+
+        try:
+            session, measured = await self._sessions.switch(
+                variant, path, threads, warmup_rows=(1, batch_size), check=compatible
+            )
+        except InvalidControl:
+            raise
+        except Exception as e:
+            raise ExecutionFailed(f"variant {variant} could not be loaded from {path}: {e}") from e
+        for rows, seconds in measured.items():
+            self._times.seed(session.config, rows, seconds)
+        return session
+
+    def _describe(self, session: VariantSession) -> None:
+        """Model metadata (`GET /v2/models/<model>`) from the active session's signature."""
+        self.inputs = [MetadataTensor(name=s.name, datatype=s.datatype, shape=[d or -1 for d in s.shape])
+                       for s in session.inputs]
+        self.outputs = [MetadataTensor(name=s.name, datatype=s.datatype, shape=[d or -1 for d in s.shape])
+                        for s in session.outputs]
+
+    @staticmethod
+    def _policy(cfg: RuntimeSettings) -> BatchPolicy:
+        return BatchPolicy(cfg.batch_size, cfg.max_batch_time_ms / 1000, cfg.on_late)
+
+
+def _parse_slo(parameters: Parameters | None) -> RequestSLO:
+    if parameters is None:
+        return RequestSLO()
+    try:
+        return RequestSLO.model_validate(parameters.model_dump(include={"deadline_ms", "priority"}))
+    except ValidationError as e:
+        raise InvalidInput(f"parameters: {describe_validation_error(e)}") from e
+
+
+def _parse_control(body: bytes) -> ControlRequest:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError as e:
+        raise InvalidControl(f"control body is not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidControl("control body must be a JSON object")
+    try:
+        return ControlRequest.model_validate(data)
+    except ValidationError as e:
+        raise InvalidControl(describe_validation_error(e)) from e

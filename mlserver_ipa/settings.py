@@ -1,0 +1,141 @@
+"""The formats the variant runtime reads and answers: its model settings, per-request SLO parameters, and the
+control endpoint's body and state.
+
+`RuntimeSettings` is `parameters.extra` of a `model-settings.json` whose implementation is
+`mlserver_ipa.runtime.VariantRuntime`, for example::
+
+    {"name": "resnet", "implementation": "mlserver_ipa.runtime.VariantRuntime",
+     "parameters": {"extra": {
+        "variants": [{"name": "resnet18", "uri": "resnet18.onnx", "accuracy": 69.76},
+                     {"name": "resnet50", "uri": "resnet50.onnx", "accuracy": 76.13}],
+        "active": "resnet18", "batch_size": 4, "max_batch_time_ms": 5, "threads": 1}}}
+
+`ControlRequest` is the body of `POST /v2/models/<model>/control`; `ControlState` is what both `GET` and `POST`
+on that path answer. `RequestSLO` is read from V2 request `parameters` (`deadline_ms`, `priority`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+OnLate = Literal["drop", "serve"]
+
+
+class VariantSpec(BaseModel):
+    """One variant the runtime may run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    """Name used in the control endpoint, response parameters and metric labels."""
+    uri: str = Field(min_length=1)
+    """ONNX file; relative paths are relative to the folder of `model-settings.json`."""
+    accuracy: float | None = None
+    """Model-card accuracy in percent; reported, never used by the runtime itself."""
+
+
+class RuntimeSettings(BaseModel):
+    """`parameters.extra` of the runtime's `model-settings.json`. Unknown keys are an error, so typos show."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[VariantSpec] = Field(min_length=1)
+    """Variants this replica may switch between without restarting."""
+    active: str | None = None
+    """Variant served after load; the first of `variants` when left out."""
+    batch_size: int = Field(default=1, ge=1)
+    """Most rows one onnxruntime call takes (requests with several rows count each row)."""
+    max_batch_time_ms: float = Field(default=0.0, ge=0)
+    """Longest a request waits for a batch to fill, in ms. 0 (as Triton's default): batches form only from
+    what is already queued, so batching never adds latency when the server is idle."""
+    threads: int = Field(default=1, ge=1)
+    """onnxruntime intra-op threads: set it to the cores this replica has."""
+    queue_limit: int = Field(default=256, ge=1)
+    """Most requests waiting; past it the least urgent one is answered "overloaded" (HTTP 503)."""
+    on_late: OnLate = "drop"
+    """A request that can no longer meet its deadline: `drop` answers HTTP 504 at once; `serve` serves it
+    anyway and counts a deadline miss."""
+    default_deadline_ms: float | None = Field(default=None, gt=0)
+    """Deadline for requests that carry none; none means such requests never expire."""
+    default_priority: int = 0
+    """Priority class of requests that carry none. Lower is more urgent (as Triton's V2 `priority`)."""
+    max_request_rows: int = Field(default=64, ge=1)
+    """Most rows (first dimension) one request may carry; larger requests get HTTP 413."""
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    """Weight of the newest measurement in the service-time average per (variant, threads, batch)."""
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> RuntimeSettings:
+        names = [v.name for v in self.variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(duplicates)}")
+        if self.active is None:
+            self.active = names[0]
+        elif self.active not in names:
+            raise ValueError(f"active variant {self.active!r} is not one of the variants ({', '.join(names)})")
+        return self
+
+    def variant(self, name: str) -> VariantSpec | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+class ControlRequest(BaseModel):
+    """Body of `POST /v2/models/<model>/control`: any subset of the fields; the rest stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str | None = Field(default=None, min_length=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    max_batch_time_ms: float | None = Field(default=None, ge=0)
+    threads: int | None = Field(default=None, ge=1)
+    queue_limit: int | None = Field(default=None, ge=1)
+    on_late: OnLate | None = None
+
+
+class VariantInfo(BaseModel):
+    name: str
+    accuracy: float | None = None
+
+
+class ControlState(BaseModel):
+    """What the control endpoint answers: the configuration in force and what the runtime measured."""
+
+    model: str
+    variant: str
+    variants: list[VariantInfo]
+    batch_size: int
+    max_batch_time_ms: float
+    threads: int
+    queue_limit: int
+    on_late: OnLate
+    queue_length: int
+    in_flight: int
+    service_time_ms: dict[int, float]
+    """Measured service time (EWMA) of the active variant and thread count, by batch rows."""
+    switches: int
+    """Session swaps (variant or thread changes) since load."""
+    last_switch_ms: float | None = None
+    """How long the last swap took to build and warm the new session (it served meanwhile)."""
+
+
+class RequestSLO(BaseModel):
+    """The per-request SLO read from V2 request `parameters` (DESIGN.md §3); other parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    deadline_ms: float | None = None
+    """Remaining budget in ms, counted from the request's arrival here."""
+    priority: int | None = None
+    """Priority class; lower is more urgent."""
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line naming each bad field, for error responses (the V2 `{"error": ...}` shape)."""
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
