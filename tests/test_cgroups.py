@@ -1,0 +1,127 @@
+"""CPU limits: cgroup quotas changed in place (where a cgroup is writable) and the affinity fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapter.cgroups import PERIOD_US, CpuController, detect_cpu_controller, quota_us
+
+SPIN = [sys.executable, "-c", "while True: pass"]
+
+
+@pytest.fixture
+def controller() -> CpuController:
+    c = detect_cpu_controller()
+    if c.kind == "affinity":
+        pytest.skip("no writable CPU cgroup here; the fallback is tested below")
+    return c
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(SPIN)
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_quota_is_cores_times_period() -> None:
+    assert quota_us(1.0) == PERIOD_US
+    assert quota_us(0.25) == PERIOD_US // 4
+    assert quota_us(1.5) == 150_000
+    assert quota_us(0.001) == 1_000  # the kernel's floor
+    with pytest.raises(ValueError):
+        quota_us(0)
+
+
+def test_quota_changes_in_place_and_throttles(controller: CpuController, spinner: subprocess.Popen[bytes]) -> None:
+    limit = controller.create("test-quota", 0.25)
+    try:
+        assert limit.path is not None and limit.path.name == f"ipa-{os.getpid()}-test-quota"
+        limit.attach(spinner.pid)
+        assert limit.procs() == [spinner.pid]
+        assert limit.read_cores() == pytest.approx(0.25)
+        time.sleep(0.5)  # a busy loop under a quarter core must be throttled (counted by the kernel)
+        stat = dict(line.split() for line in (limit.path / "cpu.stat").read_text().splitlines())
+        assert int(stat["nr_throttled"]) > 0
+        limit.set_cores(1.75)
+        assert limit.read_cores() == pytest.approx(1.75)
+        assert limit.quota_file is not None
+        expected = "175000" if controller.kind == "cgroup1" else f"175000 {PERIOD_US}"
+        assert limit.quota_file.read_text().strip() == expected
+        assert spinner.poll() is None  # changed in place: the process kept running
+    finally:
+        limit.remove()
+    # The process left for the parent group, still running; the group is gone.
+    assert not limit.path.exists()
+    assert spinner.poll() is None
+    assert str(spinner.pid) in (controller.parent / "cgroup.procs").read_text().split()  # type: ignore[operator]
+
+
+def test_stale_groups_of_dead_owners_are_removed(controller: CpuController) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert controller.parent is not None
+    stale = controller.parent / f"ipa-{dead.pid}-old-0"
+    stale.mkdir()
+    mine = controller.create("mine-0", 1.0)
+    try:
+        removed = controller.remove_stale()
+        assert stale.name in removed and not stale.exists()
+        assert mine.path is not None and mine.path.exists()  # ours: owner alive
+    finally:
+        mine.remove()
+        if stale.exists():
+            stale.rmdir()
+
+
+def test_remove_is_idempotent(controller: CpuController) -> None:
+    limit = controller.create("twice", 0.5)
+    limit.remove()
+    limit.remove()
+
+
+def test_affinity_fallback_pins_whole_cores(monkeypatch: pytest.MonkeyPatch,
+                                            spinner: subprocess.Popen[bytes]) -> None:
+    monkeypatch.setenv("IPA_CPU_LIMIT", "affinity")
+    c = detect_cpu_controller()
+    assert c.kind == "affinity" and c.parent is None
+    limit = c.create("fallback", 0.5)
+    limit.attach(spinner.pid)
+    assert len(os.sched_getaffinity(spinner.pid)) == 1
+    assert limit.read_cores() is None and limit.quota_file is None
+    limit.set_cores(1.5)
+    assert len(os.sched_getaffinity(spinner.pid)) == min(2, len(os.sched_getaffinity(0)))
+    assert limit.procs() == [spinner.pid]
+    limit.remove()
+
+
+def test_fallback_warning_is_printed_once(tmp_path: Path) -> None:
+    code = ("from adapter.cgroups import detect_cpu_controller as d\n"
+            "c = d(); d(); c.create('a', 1).attach(__import__('os').getpid())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "IPA_CPU_LIMIT": "affinity"}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("warning: no writable CPU cgroup") == 1
+
+
+def test_unknown_forced_kind_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IPA_CPU_LIMIT", "cgroup3")
+    with pytest.raises(RuntimeError, match="IPA_CPU_LIMIT"):
+        detect_cpu_controller()
+
+
+def test_unwritable_cgroups_fall_back(tmp_path: Path) -> None:
+    # A cgroup tree we cannot use (no cpu controller files): detection must not fail, it falls back.
+    (tmp_path / "cpu").mkdir()
+    proc = tmp_path / "cgroup"
+    proc.write_text("1:cpu:/\n0::/\n")
+    c = detect_cpu_controller(root=tmp_path, proc_cgroup=proc)
+    assert c.kind == "affinity"

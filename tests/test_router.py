@@ -1,0 +1,173 @@
+"""The pipeline router: its table (choice by share, least outstanding, draining) and its HTTP surface in front
+of a real `mlserver start` serving the variant runtime."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import SMALL_RESOLUTION, MLServer, free_port
+
+from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute
+from mlserver_ipa.router import PipelineRouter, RouterClient, serve
+
+
+def route(model: str = "resnet", **groups: tuple[float, list[tuple[str, str]]]) -> StageRoute:
+    return StageRoute(model=model, groups=[
+        RouteGroup(variant=v, load_share=share, replicas=[ReplicaRoute(id=i, url=u) for i, u in reps])
+        for v, (share, reps) in groups.items()])
+
+
+# -- the table -----------------------------------------------------------------------------------------
+
+
+def test_groups_are_drawn_by_share() -> None:
+    table = RouteTable(["s"], rng=random.Random(7))
+    table.set_route("s", route(a=(0.8, [("s-0", "u0")]), b=(0.2, [("s-1", "u1"), ("s-2", "u2")])))
+    picks = Counter(table.pick("s").variant for _ in range(4000))  # type: ignore[union-attr]
+    assert picks["a"] / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+def test_least_outstanding_replica_wins_within_a_group() -> None:
+    table = RouteTable(["s"], rng=random.Random(1))
+    table.set_route("s", route(a=(1.0, [("s-0", "u0"), ("s-1", "u1"), ("s-2", "u2")])))
+    table.begin("s", "s-0")
+    table.begin("s", "s-1")
+    table.begin("s", "s-1")
+    assert {table.pick("s").replica.id for _ in range(50)} == {"s-2"}  # type: ignore[union-attr]
+    table.begin("s", "s-2")
+    table.begin("s", "s-2")
+    assert {table.pick("s").replica.id for _ in range(50)} == {"s-0"}  # type: ignore[union-attr]
+    assert table.pick("s", exclude={"s-0"}).replica.id == "s-1"  # type: ignore[union-attr]
+
+
+def test_empty_groups_are_skipped_and_zero_shares_spread_by_count() -> None:
+    table = RouteTable(["s"], rng=random.Random(3))
+    table.set_route("s", route(a=(0.9, []), b=(0.1, [("s-1", "u1")])))
+    assert {table.pick("s").variant for _ in range(20)} == {"b"}  # type: ignore[union-attr]
+    table.set_route("s", route(a=(0.0, [("s-0", "u0")]), b=(0.0, [("s-1", "u1"), ("s-2", "u2")])))
+    picks = Counter(table.pick("s").variant for _ in range(3000))  # type: ignore[union-attr]
+    assert picks["b"] / 3000 == pytest.approx(2 / 3, abs=0.04)
+    assert table.pick("s", exclude={"s-0", "s-1", "s-2"}) is None
+    assert RouteTable(["t"]).pick("t") is None
+
+
+def test_a_replica_out_of_the_table_stays_visible_until_drained() -> None:
+    table = RouteTable(["s", "t"])
+    table.set_route("s", route(a=(1.0, [("s-0", "u0"), ("s-1", "u1")])))
+    table.begin("s", "s-1")
+    table.set_route("s", route(a=(1.0, [("s-0", "u0")])))
+    rows = {r.id: r for r in table.stage_status("s").replicas}
+    assert rows["s-1"].outstanding == 1 and rows["s-1"].url is None
+    assert table.stage_status("t").replicas == []
+    table.end("s-1")
+    assert [r.id for r in table.stage_status("s").replicas] == ["s-0"]
+    assert "s-1" not in table.outstanding
+
+
+def test_replica_ids_must_be_unique() -> None:
+    with pytest.raises(ValueError, match="repeat"):
+        route(a=(1.0, [("x", "u")]), b=(1.0, [("x", "v")]))
+
+
+# -- over HTTP, with a real runtime behind ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage_server(start_mlserver: Callable[..., MLServer], variant_repo: Path) -> MLServer:
+    return start_mlserver(variant_repo)
+
+
+def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
+    x = np.random.default_rng(0).random((rows, 3, SMALL_RESOLUTION, SMALL_RESOLUTION), dtype=np.float32)
+    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                        "data": x.ravel().tolist()}]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+@pytest.fixture
+async def one_stage(stage_server: MLServer) -> AsyncIterator[tuple[PipelineRouter, str]]:
+    router = PipelineRouter("pipe", ["classifier"])
+    await router.update_stage("classifier", route(resnet18=(1.0, [("classifier-0", stage_server.http_url)])))
+    async with serve(router, port=0) as url:
+        yield router, url
+
+
+async def test_infer_through_the_router(one_stage: tuple[PipelineRouter, str]) -> None:
+    _, url = one_stage
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        assert (await c.get("/v2/health/ready")).status_code == 200
+        assert (await c.get("/v2/models/pipe/ready")).status_code == 200
+        resp = await c.post("/v2/models/pipe/infer", json=image_request(2, deadline_ms=5000.0, priority=1))
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["model_name"] == "pipe"
+        assert body["outputs"][0]["name"] == "output" and body["outputs"][0]["shape"] == [2, 1000]
+        assert 0 < body["parameters"]["deadline_ms"] < 5000
+        assert body["parameters"]["variants"].startswith("classifier=")
+        metrics = (await c.get("/metrics")).text
+        assert 'ipa_router_requests_total{code="200",pipeline="pipe"} 1.0' in metrics
+        assert "ipa_router_request_duration_seconds_bucket" in metrics
+        assert "ipa_router_stage_requests_total" in metrics
+
+
+async def test_v2_errors(one_stage: tuple[PipelineRouter, str]) -> None:
+    router, url = one_stage
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        gone = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=0.001))
+        assert gone.status_code == 504 and "deadline" in gone.json()["error"]
+        assert (await c.post("/v2/models/other/infer", json=image_request())).status_code == 404
+        bad = await c.post("/v2/models/pipe/infer", content=b"{not json")
+        assert bad.status_code == 400 and "error" in bad.json()
+        assert (await c.post("/v2/models/pipe/infer", json={"inputs": []})).status_code == 400
+        wrong = await c.post("/v2/models/pipe/infer", json={"inputs": [{"name": "input", "datatype": "FP32",
+                                                                          "shape": [1, 3], "data": [1, 2, 3]}]})
+        assert wrong.status_code == 400 and "classifier" in wrong.json()["error"]
+        # The table over HTTP: a bad body is a 422 in the same error shape, an unknown stage a 404.
+        bad_put = await c.put("/router/stages/classifier", json={"model": "resnet", "groups": [{"load_share": -1}]})
+        assert bad_put.status_code == 422 and "groups" in bad_put.json()["error"]
+        assert (await c.put("/router/stages/nope", json={"model": "m"})).status_code == 404
+        # A stage without replicas: not ready, and requests get 503 naming it.
+        await RouterClient(url).update_stage("classifier", StageRoute(model="resnet"))
+        assert (await c.get("/v2/health/ready")).status_code == 503
+        empty = await c.post("/v2/models/pipe/infer", json=image_request())
+        assert empty.status_code == 503 and "classifier" in empty.json()["error"]
+    assert not router.ready
+
+
+async def test_unreachable_replicas_are_retried_elsewhere(stage_server: MLServer) -> None:
+    router = PipelineRouter("pipe", ["classifier"])
+    dead = f"http://127.0.0.1:{free_port()}"
+    await router.update_stage("classifier", route(resnet18=(1.0, [("c-dead", dead), ("c-live", stage_server.http_url)])))
+    async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        codes = [(await c.post("/v2/models/pipe/infer", json=image_request())).status_code for _ in range(6)]
+        assert codes == [200] * 6
+        client = RouterClient(url)
+        await client.update_stage("classifier", route(resnet18=(1.0, [("c-dead", dead)])))
+        failed = await c.post("/v2/models/pipe/infer", json=image_request())
+        assert failed.status_code == 502 and "unreachable" in failed.json()["error"]
+        status = await client.stage_status("classifier")
+        assert [r.id for r in status.replicas] == ["c-dead"] and status.replicas[0].outstanding == 0
+        await client.aclose()
+
+
+async def test_stages_are_chained(stage_server: MLServer) -> None:
+    # Two classifier stages: the first one's `output` ([1, 1000]) becomes the second one's `input`, which the
+    # second refuses by shape -- the error names the stage that refused it.
+    router = PipelineRouter("two", ["first", "second"])
+    for stage in router.stages:
+        await router.update_stage(stage, route(resnet18=(1.0, [(f"{stage}-0", stage_server.http_url)])))
+    async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        resp = await c.post("/v2/models/two/infer", json=image_request())
+        assert resp.status_code == 400 and "'second'" in resp.json()["error"]
+        table = (await c.get("/router")).json()
+        assert [s["name"] for s in table["stages"]] == ["first", "second"] and table["ready"]
+
