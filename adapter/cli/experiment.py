@@ -1,0 +1,76 @@
+"""`ipa experiment`: replay one workload through a pipeline under several policies and compare them.
+
+    ipa experiment inference_graphs/video-monitoring.yaml --trace bursty --trace-file twitter.tbz2 \\
+        --policies joint,ipa,fa2-low,fa2-high,rim,vpa,model-switching,static --predictor lstm --out results/video
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adapter.cli.workload_args import add_trace_arguments, trace_from_args
+from adapter.errors import UsageError
+from adapter.experiment import check_policies, run_experiment
+from adapter.predict import PREDICTOR_NAMES
+from adapter.report import summary_markdown
+from adapter.simulator import SimSettings, known_policies
+from adapter.slo import DynamicSLO, read_bandwidth_log
+from adapter.spec import load_spec
+from adapter.workload import ARRIVAL_KINDS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = SimSettings()
+    p = subparsers.add_parser(
+        "experiment",
+        help="simulate several adaptation policies on the same workload and compare them (CSV, table, plots)",
+        description="Replays the workload through the pipeline in the simulator once per policy, on the very "
+        "same requests, and writes per-second CSVs, a summary table (summary.csv, summary.md) and plots "
+        "(overview.png, load/accuracy/cores/latency.png, tradeoff.png) to --out.",
+    )
+    p.add_argument("graph", metavar="GRAPH.yaml", help="the inference graph (its profiles must exist)")
+    add_trace_arguments(p)
+    p.add_argument("--policies", required=True, metavar="P1,P2,…",
+                   help=f"comma-separated policies; known: {', '.join(known_policies())}")
+    p.add_argument("--predictor", default="lstm", choices=PREDICTOR_NAMES, help="load predictor (default lstm)")
+    p.add_argument("--arrivals", choices=ARRIVAL_KINDS, default="poisson", help="arrivals within a second")
+    p.add_argument("--bandwidth", metavar="LOG",
+                   help="bandwidth log: each request's SLO is the graph's minus its network time (Sponge)")
+    p.add_argument("--request-bytes", type=int, default=64 * 64 * 3 * 4, metavar="N",
+                   help="request size for the network time with --bandwidth (default a 64x64 RGB float tensor)")
+    p.add_argument("--cold-start", type=float, default=defaults.cold_start_s, metavar="S",
+                   help=f"seconds before a new replica serves (default {defaults.cold_start_s:g})")
+    p.add_argument("--switch-delay", type=float, default=defaults.switch_delay_s, metavar="S",
+                   help=f"seconds an in-place variant switch takes (default {defaults.switch_delay_s:g})")
+    p.add_argument("--resize-delay", type=float, default=defaults.resize_delay_s, metavar="S",
+                   help=f"seconds an in-place core change takes (default {defaults.resize_delay_s:g})")
+    p.add_argument("--no-in-place", action="store_true",
+                   help="replace replicas instead of changing them in place (cold start for every change)")
+    p.add_argument("--title", help="title of the table and plots (default: graph and trace)")
+    p.add_argument("--out", required=True, metavar="DIR", help="results folder (created)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    policies = check_policies(args.policies.split(","))
+    for name in ("cold_start", "switch_delay", "resize_delay"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 seconds")
+    spec = load_spec(args.graph, require_profiles=True)
+    trace = trace_from_args(args)
+    budgets = None
+    if args.bandwidth:
+        if args.request_bytes <= 0:
+            raise UsageError("--request-bytes must be > 0")
+        budgets = DynamicSLO(read_bandwidth_log(args.bandwidth), spec.slo_ms, args.request_bytes).deadlines_ms
+    settings = SimSettings(cold_start_s=args.cold_start, switch_delay_s=args.switch_delay,
+                           resize_delay_s=args.resize_delay, in_place=not args.no_in_place)
+    summaries = run_experiment(
+        spec, trace, policies, Path(args.out), predictor=args.predictor, seed=args.seed, settings=settings,
+        arrival_kind=args.arrivals, title=args.title, progress=not args.quiet, budgets=budgets,
+    )
+    print(summary_markdown(summaries), end="")
+    print(f"results in {args.out}")
+    return 0

@@ -1,0 +1,387 @@
+"""The discrete-event engine: one explicit clock and a heap of events ordered by (time, priority, sequence).
+
+Requests arrive from a sorted array (merged with the heap, so arrivals cost no heap operations), go through the
+stages in order, and at every stage are routed, queued and batched by the runtime's own rules (see
+`adapter.sim.cluster`). Events at the same time run in a fixed order of kinds (answers out, replica free,
+replica ready, in-place switch done, routing cutover, adapter tick, batch timer), then in the order they were
+scheduled: a run is a pure function of its inputs and seed.
+
+Per request the engine keeps plain Python lists (scalar access to numpy arrays is slow in a hot loop); the
+metrics module turns them into per-second columns with numpy at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapter.decision import Decision, ReplicaGroup
+from adapter.profile import Profile
+from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable, StagePool
+from adapter.sim.service import NormalStream
+from adapter.spec import GraphSpec
+from mlserver_ipa.batching import plan_batch
+from mlserver_ipa.settings import OnLate
+
+# Event kinds, in the order they run at the same instant.
+DONE, FREE, READY, SWITCH, CUTOVER, TICK, TIMER = range(7)
+# Why a request was dropped (`Engine.reason`); 0: not dropped.
+SERVED, LATE, OVERLOADED, NO_REPLICA, UNFINISHED = range(5)
+DROP_REASONS = {LATE: "deadline", OVERLOADED: "overloaded", NO_REPLICA: "no-replica", UNFINISHED: "unfinished"}
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """How the simulated system behaves beyond what the spec and profiles say."""
+
+    cold_start_s: float = 4.0
+    """Seconds from starting a new replica to its first request: `mlserver start` until the model is ready,
+    measured 4.0–4.9 s on this machine for a demo ResNet replica (ResNet-18 active)."""
+    switch_delay_s: float = 1.0
+    """Seconds an in-place session change takes before it serves: a variant switch, or a core change that
+    changes the thread count (⌈cores⌉). The runtime builds the new onnxruntime session beside the old one,
+    which serves meanwhile, and warms it up; measured 0.5 s (ResNet-18) to 2.6–3.1 s (ResNet-152), about
+    1 s typical, for the demo family on this machine."""
+    resize_delay_s: float = 0.05
+    """Seconds a core change within the same thread count takes (a cgroup quota write and a control call)."""
+    in_place: bool = True
+    """Change variant and cores in place; False replaces the replica (a new one cold-starts, the old drains)."""
+    queue_limit: int = 256
+    """Most requests waiting per replica (the runtime's `queue_limit`); past it a request is 'overloaded'."""
+    on_late: OnLate = "drop"
+    """The runtime's `on_late`: drop a request that can no longer meet its deadline, or serve it late."""
+    ewma_alpha: float = 0.2
+    """Weight of the newest batch in each replica's service-time estimate (the runtime's `ewma_alpha`)."""
+    router_retries: int = 3
+    """Other replicas of the stage the router tries when one is overloaded (the router's `retries`)."""
+
+
+@dataclass
+class Observation:
+    """What the monitor saw since the previous adapter tick (the live adapter reads the same from /metrics)."""
+
+    window_s: float
+    arrivals: int
+    served: int
+    dropped: int
+    p99_ms: float
+    stage_arrivals: list[int]
+    stage_busy_s: list[float]  # replica-seconds spent serving batches, per stage
+    cores: float
+
+
+class Engine:
+    """Runs one simulation; `apply(decision)` reconfigures, `run(...)` replays the arrivals."""
+
+    def __init__(self, spec: GraphSpec, profiles: dict[str, Profile], settings: SimSettings, seed: int) -> None:
+        self.spec, self.settings = spec, settings
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._rng = random.Random(seed)
+        self._normals = NormalStream(np.random.default_rng([seed, 7]))
+        self.pools = [StagePool(i, self._rng) for i in range(len(spec.stages))]
+        self._profiles = [profiles[s.name] for s in spec.stages]
+        self._tables: dict[tuple[int, str, float], ServiceTable] = {}
+        self._ids = itertools.count()
+        self._product = spec.accuracy == "product"
+        # per request
+        self.deadline: list[float] = []
+        self.acc: list[float] = []
+        self.finish: list[float] = []
+        self.reason: list[int] = []
+        self.arrival: list[float] = []
+        # monitoring
+        self.cores = 0.0
+        self.cores_log: list[tuple[float, float]] = [(0.0, 0.0)]
+        self.latency_log: list[float] = []  # end-to-end seconds of served requests, in completion order
+        self.drops = 0
+        self.stage_arrivals = [0] * len(spec.stages)
+        self.stage_busy = [0.0] * len(spec.stages)
+        self._marks = (0.0, 0, 0, 0, [0] * len(spec.stages), [0.0] * len(spec.stages))
+
+    # ------------------------------------------------------------------------------------------ scheduling
+
+    def at(self, t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(self._heap, (t, kind, next(self._seq), kind, payload))
+
+    def _charge(self, delta: float) -> None:
+        self.cores += delta
+        self.cores_log.append((self.now, self.cores))
+
+    # ---------------------------------------------------------------------------------------- configuration
+
+    def _config(self, stage: int, g: ReplicaGroup) -> ReplicaConfig:
+        st = self.spec.stages[stage]
+        return ReplicaConfig(g.variant, st.variant(g.variant).accuracy / 100.0, g.batch, g.cores,
+                             st.max_batch_time_ms / 1000.0)
+
+    def _table(self, stage: int, cfg: ReplicaConfig) -> ServiceTable:
+        key = (stage, cfg.variant, cfg.cores)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = ServiceTable(self._profiles[stage], cfg.variant, cfg.cores)
+        return table
+
+    def apply(self, decision: Decision, warm: bool = False) -> None:
+        """Carry out a decision from now on; `warm`: new replicas are ready at once (the initial deployment)."""
+        s = self.settings
+        for pool, sd in zip(self.pools, (decision.stage(st.name) for st in self.spec.stages), strict=True):
+            i = pool.index
+            change = pool.plan(list(sd.replicas), lambda g, i=i: self._config(i, g), s.in_place,  # type: ignore[misc]
+                               s.switch_delay_s, s.resize_delay_s)
+            for r, cfg in change.keep:
+                if r.pending is None or r.config.key == cfg.key:
+                    r.pending = None  # a switch away from what is wanted again is called off
+                    r.set_config(cfg, self._table(i, cfg))
+                    self._recharge(r, cfg.cores)
+                else:
+                    r.pending = cfg  # still switching to this (variant, cores): the new batch size comes with it
+            for r, cfg, delay in change.switch:
+                if delay <= 0:
+                    r.pending = None
+                    r.set_config(cfg, self._table(i, cfg))
+                    self._recharge(r, cfg.cores)
+                    self._kick(r)
+                else:
+                    r.pending = cfg
+                    self._recharge(r, max(r.config.cores, cfg.cores))  # both sessions are held meanwhile
+                    self.at(self.now + delay, SWITCH, (r, cfg))
+            started: list[Replica] = []
+            ready_at = self.now
+            for cfg in change.start:  # in the order of the empty slots of change.groups
+                r = Replica(next(self._ids), i, cfg, self._table(i, cfg), s.queue_limit, s.on_late,
+                            self._clock, s.ewma_alpha)
+                started.append(r)
+                pool.members.append(r)
+                self._charge(cfg.cores)
+                if warm or s.cold_start_s <= 0:
+                    r.ready = True
+                else:
+                    ready_at = self.now + s.cold_start_s
+                    self.at(ready_at, READY, r)
+            fresh = iter(started)
+            groups = [(share, [rep if rep is not None else next(fresh) for rep, _ in slot])
+                      for share, slot in change.groups]
+            pool.epoch += 1
+            if not s.in_place and change.start and change.drain and ready_at > self.now:
+                # A rolling replacement: the old replicas keep serving until the new ones are up.
+                self.at(ready_at, CUTOVER, (pool, pool.epoch, groups, change.drain))
+            else:
+                self._cutover(pool, groups, change.drain)
+
+    def _cutover(self, pool: StagePool, groups: list[tuple[float, list[Replica]]], drain: list[Replica]) -> None:
+        pool.groups = groups
+        for r in drain:
+            self._drain(r)
+        pool.refresh()
+
+    def _recharge(self, r: Replica, cores: float) -> None:
+        if cores != r.charged:
+            self._charge(cores - r.charged)
+            r.charged = cores
+
+    def _clock(self) -> float:
+        return self.now
+
+    def _drain(self, r: Replica) -> None:
+        if r.draining:
+            return
+        r.draining = True
+        pool = self.pools[r.stage]
+        pool.groups = [(share, [x for x in reps if x is not r]) for share, reps in pool.groups]
+        pool.refresh()
+        if not r.busy and not r.queue:
+            self._remove(r)
+
+    def _remove(self, r: Replica) -> None:
+        if r.removed:
+            return
+        r.removed = True
+        self.pools[r.stage].members.remove(r)
+        self._charge(-r.charged)
+        r.charged = 0.0
+
+    # --------------------------------------------------------------------------------------------- requests
+
+    def _drop(self, rid: int, why: int) -> None:
+        self.reason[rid] = why
+        self.drops += 1
+
+    def _route(self, stage: int, rid: int) -> None:
+        self.stage_arrivals[stage] += 1
+        pool = self.pools[stage]
+        r = pool.pick()
+        if r is None:
+            self._drop(rid, NO_REPLICA)
+            return
+        deadline = self.deadline[rid]
+        now = self.now
+        if self.settings.on_late == "drop":  # as the runtime's Batcher.submit
+            start = r.busy_until if r.busy and r.busy_until > now else now
+            if start + r.estimate(1) > deadline:
+                self._drop(rid, LATE)
+                return
+        left = r.queue.push(rid, deadline=deadline)
+        tries = 0
+        while left is not None:  # the router sends an overloaded request to another replica of the stage
+            if left.item != rid:
+                self._drop(left.item, OVERLOADED)  # a less urgent request was displaced
+                break
+            tries += 1
+            r = self._other(pool, r) if tries <= self.settings.router_retries else None
+            if r is None:
+                self._drop(rid, OVERLOADED)
+                return
+            left = r.queue.push(rid, deadline=deadline)
+        if not r.busy:
+            self._plan(r)
+
+    def _other(self, pool: StagePool, tried: Replica) -> Replica | None:
+        others = [x for _, reps in pool.ready_groups for x in reps if x is not tried and len(x.queue) < x.queue.limit]
+        return min(others, key=lambda x: x.outstanding) if others else None
+
+    def _kick(self, r: Replica) -> None:
+        if not r.busy and r.queue:
+            self._plan(r)
+
+    def _plan(self, r: Replica) -> None:
+        """The runtime batcher's loop body with the server free at `now`."""
+        now = self.now
+        plan = plan_batch(r.queue, now, r.policy, r.estimate)
+        for d in plan.dropped:
+            self._drop(d.entry.item, LATE)
+        batch = plan.batch
+        if batch:
+            n = len(batch)
+            table = r.table
+            if n >= len(table.times):
+                table.extend(n)
+            latency = table.times[n].draw(self._normals.next())
+            busy = latency * table.occupancy[n]
+            r.observe(n, latency)
+            r.busy = True
+            r.busy_until = now + r.estimate(n)
+            r.in_flight = n
+            r.token += 1
+            self.stage_busy[r.stage] += busy
+            self.at(now + latency, DONE, (r, [e.item for e in batch], r.config.accuracy))
+            self.at(now + busy, FREE, r)
+        elif plan.wait_until is not None and plan.wait_until != r.timer_at:
+            r.token += 1
+            r.timer_at = plan.wait_until
+            self.at(plan.wait_until, TIMER, (r, r.token))
+        elif not r.queue and r.draining:
+            self._remove(r)
+
+    def _done(self, r: Replica, items: list[int], accuracy: float) -> None:
+        now = self.now
+        nxt = r.stage + 1
+        last = nxt == len(self.pools)
+        acc, deadline = self.acc, self.deadline
+        for rid in items:
+            acc[rid] = acc[rid] * accuracy if self._product else acc[rid] + accuracy
+            if last:
+                self.finish[rid] = now
+                self.latency_log.append(now - self.arrival[rid])
+            elif now >= deadline[rid]:
+                self._drop(rid, LATE)  # the router answers 504 before the next stage
+            else:
+                self._route(nxt, rid)
+
+    # -------------------------------------------------------------------------------------------------- run
+
+    def run(self, arrivals: np.ndarray, budgets_s: np.ndarray, tick: Callable[[float], None],
+            tick_times: list[float]) -> None:
+        """Replay `arrivals` (sorted seconds) with per-request budgets (seconds to their deadline).
+
+        `tick(now)` runs at each of `tick_times` (the adapter). Returns when every request is answered or dropped.
+        """
+        n = len(arrivals)
+        arr = arrivals.tolist()
+        self.deadline = (arrivals + budgets_s).tolist()
+        self.acc = [1.0 if self._product else 0.0] * n
+        self.finish = [math.nan] * n
+        self.reason = [SERVED] * n
+        self.arrival = arr
+        for t in tick_times:
+            self.at(t, TICK, None)
+        heap = self._heap
+        pop = heapq.heappop
+        route = self._route
+        i = 0
+        next_arrival = arr[0] if n else math.inf
+        while True:
+            if heap and heap[0][0] <= next_arrival:
+                t, _, _, kind, payload = pop(heap)
+                self.now = t
+                if kind == DONE:
+                    self._done(*payload)
+                elif kind == FREE:
+                    r: Replica = payload
+                    r.busy = False
+                    r.in_flight = 0
+                    if r.queue:
+                        self._plan(r)
+                    elif r.draining:
+                        self._remove(r)
+                elif kind == TIMER:
+                    r, token = payload
+                    if token == r.token and not r.busy and not r.removed:
+                        r.timer_at = -1.0
+                        self._plan(r)
+                elif kind == TICK:
+                    tick(t)
+                elif kind == READY:
+                    r = payload
+                    if not r.removed:
+                        r.ready = True
+                        self.pools[r.stage].refresh()
+                elif kind == SWITCH:
+                    r = payload[0]
+                    new: ReplicaConfig = payload[1]
+                    if r.pending is new and not r.removed:
+                        r.pending = None
+                        r.set_config(new, self._table(r.stage, new))
+                        self._recharge(r, new.cores)
+                        self._kick(r)
+                elif kind == CUTOVER:
+                    pool, epoch, groups, drain = payload
+                    if epoch == pool.epoch:  # not overtaken by a later decision
+                        self._cutover(pool, groups, drain)
+            elif i < n:
+                self.now = next_arrival
+                route(0, i)
+                i += 1
+                next_arrival = arr[i] if i < n else math.inf
+            else:
+                break
+        for rid in range(n):  # nothing is left waiting once the heap is empty; this is a safety net
+            if self.reason[rid] == SERVED and self.finish[rid] != self.finish[rid]:
+                self.reason[rid] = UNFINISHED
+
+    def observe(self) -> Observation:
+        """What happened since the previous call: what the live monitor reads from the replicas' /metrics."""
+        since, n_lat, n_arr, n_drop, arrivals0, busy0 = self._marks
+        lat = self.latency_log[n_lat:]
+        p99 = float(np.percentile(lat, 99)) * 1000.0 if lat else 0.0
+        obs = Observation(
+            window_s=self.now - since,
+            arrivals=self.stage_arrivals[0] - arrivals0[0],
+            served=len(lat),
+            dropped=self.drops - n_drop,
+            p99_ms=p99,
+            stage_arrivals=[a - b for a, b in zip(self.stage_arrivals, arrivals0, strict=True)],
+            stage_busy_s=[a - b for a, b in zip(self.stage_busy, busy0, strict=True)],
+            cores=self.cores,
+        )
+        self._marks = (self.now, len(self.latency_log), n_arr, self.drops, list(self.stage_arrivals),
+                       list(self.stage_busy))
+        return obs

@@ -1,0 +1,227 @@
+"""The simulator against known answers: service-time fits, an M/D/1 queue, reconfiguration costs, routing,
+drops, determinism, and a seeded run compared with its checked-in summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapter.decision import Decision, ObjectiveTerms, ReplicaGroup, StageDecision
+from adapter.profile import Profile
+from adapter.report import summarize
+from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable
+from adapter.sim.engine import Observation
+from adapter.sim.service import NormalStream, ServiceTime
+from adapter.simulator import SimSettings, simulate
+from adapter.spec import GraphSpec, parse_spec
+from mlserver_ipa.batching import ServiceTimes
+
+HEADER = "stage,variant,batch,cores,p50_ms,p99_ms,mean_ms,throughput_rps,samples,machine\n"
+
+
+def constant_profile(points: dict[str, float], batches: Sequence[int] = (1,)) -> Profile:
+    """A test profile: each variant takes a constant `ms` per batch (batch b: b·ms), on 1 core."""
+    rows = [
+        f"s,{v},{b},1,{ms * b},{ms * b},{ms * b},{1000 / ms},100,test" for v, ms in points.items() for b in batches
+    ]
+    return Profile.parse(HEADER + "\n".join(rows) + "\n")
+
+
+def graph(stages: list[dict], slo_ms: float = 1e6, interval_s: float = 10) -> GraphSpec:
+    return parse_spec({
+        "name": "t", "slo_ms": slo_ms, "budget_cores": 16, "interval_s": interval_s,
+        "stages": [{"batch_sizes": [1], "cores": [1], "max_batch_time_ms": 0, "profile": "x.csv", **s} for s in stages],
+    })
+
+
+def decision(*stages: tuple[str, list[ReplicaGroup]]) -> Decision:
+    return Decision(
+        status="optimal", objective=ObjectiveTerms(value=0, accuracy=0, cores=0, batch=0), solve_time_ms=0,
+        load_rps=0, predicted_latency_ms=0,
+        stages=[StageDecision(name=n, replicas=groups) for n, groups in stages],
+    )
+
+
+def fixed(schedule: dict[float, Decision]):
+    """An adapter step that applies `schedule[t]` from time t on (a plan decided in advance)."""
+    times = sorted(schedule)
+
+    def step(now: float, history: np.ndarray, observed: Observation) -> tuple[Decision, float]:
+        current = [t for t in times if t <= now + 1e-9][-1]
+        return schedule[current], 0.0
+
+    return step
+
+
+ONE = [{"name": "s", "variants": [{"name": "m", "accuracy": 70}, {"name": "f", "accuracy": 50}]}]
+
+
+# -------------------------------------------------------------------------------------------- service times
+
+
+@pytest.mark.parametrize("p50,p99,mean", [(80, 120, 82), (80, 120, 85), (80, 200, 100), (10, 30, 9.5), (50, 50, 50)])
+def test_service_time_draws_match_the_profile_point(p50: float, p99: float, mean: float) -> None:
+    fit = ServiceTime.fit(p50, p99, mean)
+    z = NormalStream(np.random.default_rng(3))
+    x = np.array([fit.draw(z.next()) for _ in range(200_000)]) * 1000
+    assert np.percentile(x, 50) == pytest.approx(p50, rel=0.01)
+    assert np.percentile(x, 99) == pytest.approx(p99, rel=0.03)
+    if mean > p50:  # a mean at or below the median cannot come from a right-skewed time: the median wins
+        assert x.mean() == pytest.approx(mean, rel=0.02)
+    assert x.min() > 0
+
+
+def test_replica_estimate_follows_the_runtime_rule() -> None:
+    """The simulator's list-based estimator gives what `mlserver_ipa.batching.ServiceTimes` gives."""
+    prof = constant_profile({"m": 10.0}, batches=(1, 2, 4, 8))
+    cfg = ReplicaConfig("m", 0.7, 8, 1.0, 0.0)
+    replica = Replica(0, 0, cfg, ServiceTable(prof, "m", 1.0), 16, "drop", lambda: 0.0, 0.2)
+    runtime = ServiceTimes(0.2)
+    for rows in range(1, 9):
+        runtime.seed(cfg.key, rows, replica.estimate(rows))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rows, seconds = int(rng.integers(1, 9)), float(rng.uniform(0.001, 0.2))
+        replica.observe(rows, seconds)
+        runtime.observe(cfg.key, rows, seconds)
+        for r in range(1, 9):
+            assert replica.estimate(r) == pytest.approx(runtime.estimate(cfg.key, r), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- queueing theory
+
+
+def test_single_replica_matches_pollaczek_khinchine() -> None:
+    """Poisson arrivals, one replica with a constant 50 ms service, batch 1: M/D/1, mean wait ρS / 2(1 − ρ)."""
+    service_s, rate = 0.05, 12.0
+    spec = graph([{"name": "s", "variants": [{"name": "m", "accuracy": 70}]}])
+    step = fixed({0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)]))})
+    result = simulate(spec, np.full(3000, rate), step, profiles={"s": constant_profile({"m": 50.0})}, seed=1)
+    rho = rate * service_s
+    expected_wait = rho * service_s / (2 * (1 - rho))
+    waits = result.latency_ms / 1000 - service_s
+    assert sum(result.drops.values()) == 0
+    assert np.all(waits >= -1e-9)
+    # the mean of ~36,000 autocorrelated waits: within 10 % (the standard error here is about 3 %)
+    assert waits.mean() == pytest.approx(expected_wait, rel=0.10)
+    assert result.frame["cores"].mean() == pytest.approx(1.0)
+    assert result.frame["served"].sum() == len(result.latency_ms)
+
+
+def test_two_replicas_split_the_load_and_stages_chain() -> None:
+    """Two stages; the second splits its load 1:3 between a 70 % and a 50 % variant: the product shows it."""
+    spec = graph([
+        {"name": "a", "variants": [{"name": "m", "accuracy": 90}]},
+        {"name": "b", "variants": [{"name": "m", "accuracy": 70}, {"name": "f", "accuracy": 50}]},
+    ])
+    step = fixed({0: decision(
+        ("a", [ReplicaGroup(variant="m", batch=1, cores=1, count=2)]),
+        ("b", [ReplicaGroup(variant="m", batch=1, cores=1, count=1, load_share=0.25),
+               ReplicaGroup(variant="f", batch=1, cores=1, count=1, load_share=0.75)]),
+    )})
+    prof = constant_profile({"m": 20.0, "f": 20.0})
+    result = simulate(spec, np.full(600, 10.0), step, profiles={"a": prof, "b": prof}, seed=2)
+    frame = result.frame
+    mean_acc = float(np.sum(frame["accuracy"] * frame["served"]) / frame["served"].sum())
+    assert mean_acc == pytest.approx(90 * (0.25 * 70 + 0.75 * 50) / 100, abs=0.5)
+    assert frame["cores"].mean() == pytest.approx(4.0)
+    assert result.latency_ms.min() >= 40.0 - 1e-6  # two stages of 20 ms each
+
+
+# ------------------------------------------------------------------------------------------------- drops
+
+
+def test_too_little_capacity_drops_requests() -> None:
+    """One replica of 50 ms (20 rps at most) under 30 rps with a 300 ms SLO: about a third is dropped."""
+    spec = graph(ONE, slo_ms=300)
+    step = fixed({0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)]))})
+    result = simulate(spec, np.full(300, 30.0), step, profiles={"s": constant_profile({"m": 50.0, "f": 10.0})},
+                      seed=3)
+    s = summarize("static", result.frame, spec, result.latency_ms)
+    assert 25 < s.drop_pct < 40
+    assert result.drops["deadline"] > 0
+    assert s.slo_violation_pct >= s.drop_pct
+    assert s.p99_ms <= 300 + 1e-6  # the deadline-aware batcher drops rather than answer late (constant times)
+
+
+def test_enough_capacity_drops_nothing() -> None:
+    spec = graph(ONE, slo_ms=300)
+    step = fixed({0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=3)]))})
+    result = simulate(spec, np.full(300, 30.0), step, profiles={"s": constant_profile({"m": 50.0, "f": 10.0})},
+                      seed=3)
+    assert sum(result.drops.values()) == 0
+    assert result.frame["slo_violations"].sum() == 0
+
+
+# ------------------------------------------------------------------------------------- reconfiguration costs
+
+
+def _scale_up(cold_start_s: float):
+    spec = graph(ONE, slo_ms=300)
+    step = fixed({
+        0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)])),
+        10: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=3)])),
+    })
+    rates = np.concatenate([np.full(10, 10.0), np.full(30, 40.0)])
+    return simulate(spec, rates, step, profiles={"s": constant_profile({"m": 50.0, "f": 10.0})}, seed=4,
+                    settings=SimSettings(cold_start_s=cold_start_s))
+
+
+def test_new_replicas_serve_only_after_their_cold_start() -> None:
+    instant, slow = _scale_up(0.0), _scale_up(5.0)
+    assert instant.frame["dropped"][10:40].sum() == 0
+    assert slow.frame["dropped"][10:14].sum() > 0  # one replica alone under 40 rps until 15 s
+    assert slow.frame["dropped"][17:40].sum() == 0
+    # the cores are held from the decision on, serving or not
+    assert slow.frame["cores"][11] == pytest.approx(3.0)
+
+
+def test_an_in_place_switch_takes_effect_after_its_delay() -> None:
+    spec = graph(ONE)
+    step = fixed({
+        0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)])),
+        10: decision(("s", [ReplicaGroup(variant="f", batch=1, cores=1, count=1)])),
+    })
+    result = simulate(spec, np.full(20, 5.0), step, profiles={"s": constant_profile({"m": 20.0, "f": 10.0})},
+                      seed=5, settings=SimSettings(switch_delay_s=3.0))
+    acc = result.frame["accuracy"]
+    assert np.all(acc[:12] == pytest.approx(70.0))
+    assert np.all(acc[14:] == pytest.approx(50.0))
+    assert result.frame["cores"][5] == pytest.approx(1.0)  # in place: no second replica at any time
+
+
+def test_without_in_place_changes_a_replacement_cold_starts_while_the_old_one_serves() -> None:
+    spec = graph(ONE)
+    step = fixed({
+        0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)])),
+        10: decision(("s", [ReplicaGroup(variant="f", batch=1, cores=1, count=1)])),
+    })
+    result = simulate(spec, np.full(30, 5.0), step, profiles={"s": constant_profile({"m": 20.0, "f": 10.0})},
+                      seed=5, settings=SimSettings(in_place=False, cold_start_s=4.0))
+    frame = result.frame
+    assert frame["dropped"].sum() == 0
+    assert frame["cores"][11] == pytest.approx(2.0)  # both held during the replacement
+    assert frame["cores"][20] == pytest.approx(1.0)
+    assert np.all(frame["accuracy"][:13] == pytest.approx(70.0))
+    assert np.all(frame["accuracy"][15:] == pytest.approx(50.0))
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+
+
+def test_a_seed_gives_the_same_run_and_another_seed_another() -> None:
+    spec = graph(ONE, slo_ms=200)
+    step = fixed({0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)]))})
+    prof = Profile.parse(HEADER + "s,m,1,1,40,90,45,22,100,test\ns,f,1,1,10,20,11,90,100,test\n")
+    runs = [simulate(spec, np.full(200, 15.0), step, profiles={"s": prof}, seed=seed) for seed in (7, 7, 8)]
+    for col in runs[0].frame:
+        assert np.array_equal(runs[0].frame[col], runs[1].frame[col], equal_nan=col != "decision"), col
+    assert not np.array_equal(runs[0].latency_ms, runs[2].latency_ms)
+    assert math.isfinite(runs[0].latency_ms.mean())
+
+
+GOLDEN = Path(__file__).parent / "golden"
