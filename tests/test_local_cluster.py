@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,7 +123,7 @@ def assert_nothing_left(c: LocalCluster, await_pids: list[int]) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert [p.name for p in c.controller.groups() if p.name.startswith(f"ipa-{os.getpid()}-")] == []
-    assert not c.state_file.exists()
+    assert not c.state_file.exists() and not c.targets_file.exists()
 
 
 async def control_state(url: str) -> dict[str, Any]:
@@ -160,6 +163,8 @@ async def test_scaling_and_in_place_changes_lose_no_request(cluster: tuple[Local
     state = await c.state()
     replicas = state.stages[0].replicas
     assert [r.phase for r in replicas] == ["ready", "ready"] and len(set(pids(state))) == 2
+    targets = json.loads(c.targets_file.read_text())  # for a Prometheus server's file_sd_configs
+    assert sorted(t["labels"]["replica"] for t in targets) == sorted([r.id for r in replicas] + ["router"])
     if cgroups:
         assert all(Path(r.cgroup or "").joinpath("cpu.cfs_quota_us" if c.controller.kind == "cgroup1"
                                                   else "cpu.max").exists() for r in replicas)
@@ -290,3 +295,49 @@ async def test_two_stage_chain_on_the_affinity_fallback(variant_repo: Path, tmp_
         assert len(os.sched_getaffinity(detector.pid)) == min(2, len(os.sched_getaffinity(0)))
         live = pids(state)
     assert_nothing_left(c, await_pids=live)
+
+
+CLUSTER_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from adapter.decision import Decision
+from adapter.executors.local import LocalCluster, LocalClusterSettings, cancel_on_signals
+from adapter.spec import parse_spec
+
+async def main():
+    cancel_on_signals()
+    spec, d = parse_spec(json.loads(sys.argv[1])), Decision.model_validate_json(sys.argv[2])
+    settings = LocalClusterSettings(home=Path(sys.argv[4]))
+    async with LocalCluster(spec, {"classifier": Path(sys.argv[3])}, settings=settings) as c:
+        assert (await c.apply(spec, d)).ok
+        print(json.dumps([r.pid for r in (await c.state()).stages[0].replicas]), flush=True)
+        await asyncio.sleep(3600)
+
+try:
+    asyncio.run(main())
+except asyncio.CancelledError:
+    pass
+"""
+
+
+def test_sigterm_leaves_no_process_or_cgroup(variant_repo: Path, tmp_path: Path) -> None:
+    spec = {"name": "lc", "slo_ms": 1000, "budget_cores": 2, "stages": [CLASSIFIER]}
+    d = decision(classifier=[group("resnet18", 1, 0.5, 1)])
+    owner = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER_SCRIPT, json.dumps(spec), d.model_dump_json(), str(variant_repo),
+         str(tmp_path / "ipa")], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert owner.stdout is not None
+        replica_pids = json.loads(owner.stdout.readline() or "null")
+        assert replica_pids and all(isinstance(p, int) for p in replica_pids)
+        assert (tmp_path / "ipa" / "lc" / "state.json").exists()
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=60) == 0
+    finally:
+        if owner.poll() is None:
+            os.killpg(owner.pid, signal.SIGKILL)
+    for pid in replica_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert [g.name for g in detect_cpu_controller().groups() if g.name.startswith(f"ipa-{owner.pid}-")] == []
+    assert not (tmp_path / "ipa" / "lc" / "state.json").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -42,14 +43,17 @@ from adapter.errors import UsageError
 from adapter.executors import ApplyResult, StepFailure
 from adapter.executors.local_replica import ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
 from adapter.executors.local_state import (
+    TARGETS_FILE,
     ClusterState,
     ReplicaPhase,
     ReplicaState,
     StageState,
     ipa_home,
+    prometheus_targets,
     read_state,
     state_path,
     write_state,
+    write_text_atomic,
 )
 from adapter.spec import GraphSpec, StageSpec
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute, StageStatus
@@ -99,6 +103,7 @@ class _Stage:
     template: dict[str, Any]
     replicas: list[_Replica] = field(default_factory=list)
     shares: dict[str, float] = field(default_factory=dict)
+    targets: list[ReplicaConfig] = field(default_factory=list)  # the replicas last decided
     next_index: int = 0
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -159,6 +164,8 @@ class LocalCluster:
         self._stages = {s.name: _Stage(s, stage_template(spec, s, repos.get(s.name))) for s in spec.stages}
         self.folder = self.settings.home / spec.name
         self.state_file = state_path(spec.name, self.settings.home)
+        self.targets_file = self.state_file.with_name(TARGETS_FILE)
+        self._targets = ""
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._crashes = 0
@@ -210,8 +217,9 @@ class LocalCluster:
                              return_exceptions=True)
         for st in self._stages.values():
             st.replicas.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.state_file.unlink()
+        for path in (self.state_file, self.targets_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         atexit.unregister(self._kill_now)
 
     def _kill_now(self) -> None:
@@ -224,8 +232,9 @@ class LocalCluster:
                 if r.process.limit is not None:
                     with contextlib.suppress(Exception):
                         r.process.limit.remove()
-        with contextlib.suppress(OSError):
-            self.state_file.unlink()
+        for path in (self.state_file, self.targets_file):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -262,6 +271,7 @@ class LocalCluster:
             return
         wait_ms = st.spec.max_batch_time_ms
         targets = [ReplicaConfig(g.variant, g.batch, g.cores, wait_ms) for g in sd.replicas for _ in range(g.count)]
+        st.targets = targets
         live = [r for r in st.replicas if r.phase == "ready"]
         pairs, to_start, to_stop = match_replicas([r.process.config for r in live], targets)
         target = f"stage {st.name}"
@@ -390,6 +400,9 @@ class LocalCluster:
         cfg = crashed.process.config
         while not self._closed:
             async with self._lock:
+                # An apply meanwhile may have started the replicas it needs already (or wants fewer now).
+                if sum(1 for r in st.replicas if r.phase == "ready") >= len(st.targets):
+                    break
                 new = await self._start_replica(st, cfg, None, restarts=crashed.restarts + 1)
             if new is not None:
                 break
@@ -445,13 +458,37 @@ class LocalCluster:
 
     async def _write_state(self) -> None:
         if self._started and not self._closed:
-            write_state(self.state_file, await self.state())
+            state = await self.state()
+            write_state(self.state_file, state)
+            targets = json.dumps(prometheus_targets(state), indent=2)
+            if targets != self._targets:  # Prometheus re-reads the file on change: write only then
+                write_text_atomic(self.targets_file, targets)
+                self._targets = targets
 
     async def _refresh_state(self) -> None:
         while True:
             await asyncio.sleep(self.settings.state_interval_s)
             with contextlib.suppress(OSError):
                 await self._write_state()
+
+
+def cancel_on_signals(task: asyncio.Task[Any] | None = None,
+                      signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """Turn SIGINT/SIGTERM into one cancellation of `task` (default: the running one), so that
+    `async with LocalCluster(...)` unwinds and `shutdown()` runs; later signals while stopping are ignored."""
+    loop = asyncio.get_running_loop()
+    target = task or asyncio.current_task()
+    assert target is not None
+    fired: list[int] = []
+
+    def handle(sig: signal.Signals) -> None:
+        if not fired:
+            fired.append(sig)
+            print(f"ipa: {sig.name}: stopping the local cluster", file=sys.stderr)
+            target.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, handle, sig)
 
 
 LocalExecutor = LocalCluster

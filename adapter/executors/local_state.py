@@ -2,7 +2,8 @@
 
 `LocalCluster.state()` returns a `ClusterState`; the cluster also rewrites it, atomically, to
 `<IPA_HOME or ./.ipa>/<pipeline>/state.json` whenever something changes (and every second while it runs), so
-another process can read it with `read_state()` without talking to the cluster. A state file whose owner
+another process can read it with `read_state()` without talking to the cluster. Beside it,
+`prometheus-targets.json` lists the metrics endpoints for a Prometheus server (`file_sd_configs`). A state file whose owner
 process is gone is stale: the cluster was killed before it could clean up.
 """
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 ReplicaPhase = Literal["starting", "ready", "draining", "stopping", "crashed", "failed"]
 
 STATE_FILE = "state.json"
+TARGETS_FILE = "prometheus-targets.json"
 
 
 def ipa_home() -> Path:
@@ -88,16 +90,35 @@ class ClusterState(BaseModel):
         return False
 
 
+def prometheus_targets(state: ClusterState) -> list[dict[str, object]]:
+    """Scrape targets in Prometheus' file service-discovery format (`file_sd_configs`): every ready replica's
+    metrics port (labels pipeline, stage, replica) and the router. Path `/metrics` on each."""
+    groups: list[dict[str, object]] = []
+    for s in state.stages:
+        for r in s.replicas:
+            if r.ready:
+                groups.append({"targets": [f"127.0.0.1:{r.metrics_port}"],
+                               "labels": {"pipeline": state.pipeline, "stage": s.name, "replica": r.id}})
+    if state.router_url:
+        groups.append({"targets": [state.router_url.split("://", 1)[-1].rstrip("/")],
+                       "labels": {"pipeline": state.pipeline, "stage": "", "replica": "router"}})
+    return groups
+
+
 def state_path(pipeline: str, home: Path | None = None) -> Path:
     return (home if home is not None else ipa_home()) / pipeline / STATE_FILE
 
 
-def write_state(path: Path, state: ClusterState) -> None:
-    """Write atomically (a reader never sees half a file)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(state.model_dump_json(indent=2))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_state(path: Path, state: ClusterState) -> None:
+    write_text_atomic(path, state.model_dump_json(indent=2))
 
 
 def read_state(path: Path) -> ClusterState:
