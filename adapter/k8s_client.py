@@ -114,7 +114,8 @@ class KubernetesClient:
                 response = fn()
             except (k8s.exceptions.ApiException, urllib3.exceptions.HTTPError, OSError) as e:
                 raise _translate(target, e) from e
-            return json.loads(response.data or b"null")
+            data = json.loads(response.data or b"null")
+            return data if data is not None else {}
         return await asyncio.to_thread(run)
 
     async def get_seldon_deployment(self, namespace: str, name: str) -> dict[str, Any]:
