@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tritonclient.http as triton
+from conftest import MLServer
 from mlserver.settings import ModelSettings, Settings
 
 from adapter.cli import main
@@ -130,6 +133,31 @@ def test_detector_outputs_detections_and_the_crop_for_the_next_stage(tmp_path: P
         halved = out["input"].reshape(2, 3, crop, 2, crop, 2).mean(axis=(3, 5))
         np.testing.assert_allclose(out["output"], halved, rtol=1e-5, atol=1e-5)
         assert parameter_counts(path)[0] == YOLOV5_FUSED_PARAMS[variant]
+
+
+def test_mlserver_serves_a_detector_and_classifier_repository_as_built(
+    tmp_path: Path, start_mlserver: Callable[..., MLServer]
+) -> None:
+    """One repository, both families; the detector's `output` crop is a valid `input` of the classifier."""
+    both = build_repository("yolo", tmp_path / "both", ["yolov5n"], 64, crop=SMALL)
+    build_repository("resnet", both, ["resnet18"], SMALL)
+    server = start_mlserver(both)
+    assert server.models == ["resnet", "yolo"]
+    client = triton.InferenceServerClient(server.http_host)
+
+    def infer(model: str, x: np.ndarray, outputs: list[str]) -> triton.InferResult:
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=False)  # MLServer's REST takes JSON tensors only
+        wanted = [triton.InferRequestedOutput(name, binary_data=False) for name in outputs]
+        return client.infer(model, [tensor], outputs=wanted)
+
+    image = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    detected = infer("yolo", image, ["detections", "output"])
+    assert detected.as_numpy("detections").shape == (1, 252, 85)
+    crop = detected.as_numpy("output")
+    assert crop.shape == (1, 3, SMALL, SMALL)
+    logits = infer("resnet", crop, ["output"]).as_numpy("output")
+    assert logits.shape == (1, 1000) and np.isfinite(logits).all()
 
 
 @pytest.mark.parametrize(
