@@ -130,3 +130,24 @@ def test_unwritable_cgroups_fall_back(tmp_path: Path) -> None:
     proc.write_text("1:cpu:/\n0::/\n")
     c = detect_cpu_controller(root=tmp_path, proc_cgroup=proc)
     assert c.kind == "affinity"
+
+
+def test_cgroup2_files_on_a_unified_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IPA_CPU_LIMIT", raising=False)
+    # This machine's cpu controller is on cgroup v1; the v2 file formats are checked on a copy of a unified
+    # hierarchy's layout (plain files stand in for the kernel's; kernel semantics are tested above on v1).
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    (tmp_path / "cgroup.procs").write_text("")
+    proc = tmp_path / "self-cgroup"
+    proc.write_text("0::/\n")
+    c = detect_cpu_controller(root=tmp_path, proc_cgroup=proc)
+    assert (c.kind, c.parent) == ("cgroup2", tmp_path)
+    assert "+cpu" in (tmp_path / "cgroup.subtree_control").read_text()  # children get the cpu controller
+    limit = c.create("v2", 0.5)
+    assert limit.path == tmp_path / f"ipa-{os.getpid()}-v2" and limit.quota_file == limit.path / "cpu.max"
+    assert limit.quota_file.read_text() == f"50000 {PERIOD_US}"
+    limit.set_cores(1.25)
+    assert limit.quota_file.read_text() == f"125000 {PERIOD_US}" and limit.read_cores() == 1.25
+    limit.attach(os.getpid())
+    assert (limit.path / "cgroup.procs").read_text() == str(os.getpid())
