@@ -24,7 +24,8 @@ from conftest import SMALL_RESOLUTION
 from adapter.cgroups import detect_cpu_controller
 from adapter.cli import status as status_command
 from adapter.decision import Decision
-from adapter.executors.local import LocalCluster, LocalClusterSettings, match_replicas
+from adapter.executors.local import LocalCluster, LocalClusterSettings
+from adapter.executors.local_plan import match_replicas
 from adapter.executors.local_replica import ReplicaConfig
 from adapter.executors.local_state import ClusterState, read_state
 from adapter.spec import GraphSpec, parse_spec

@@ -1,10 +1,15 @@
 """The embedded local cluster: a pipeline's replicas as `mlserver start` processes on this machine, and the
-executor that brings them to a `Decision`.
+executor that brings them to a `Decision`. With the router in the same process (what `ipa up` does):
 
-    cluster = LocalCluster(spec, repositories={"classifier": Path("build/models/resnet")}, router=router)
-    async with cluster:                              # start(); shutdown() on the way out, also on Ctrl-C
+    router = PipelineRouter(spec.name, [s.name for s in spec.stages])
+    async with serve(router, host, port) as url, LocalCluster(
+            spec, {"classifier": Path("build/models/resnet")}, router=router, router_url=url) as cluster:
+        cancel_on_signals()                           # SIGTERM/SIGINT unwind the `async with`: nothing left behind
         result = await cluster.apply(spec, decision)  # an ApplyResult, never an exception for a failed step
         snapshot = await cluster.state()              # also in .ipa/<pipeline>/state.json for `ipa status`
+        cluster.metrics_urls()                        # {stage: [replica /metrics URLs]}; the router's is url/metrics
+
+With the router in its own process (`python -m mlserver_ipa.router ...`), pass `router=RouterClient(url)`.
 
 Applying a decision, per stage (stages in parallel): the running replicas are matched to the decided ones
 (keeping what already fits: same variant, batch and cores first, then same variant, then any); missing replicas
@@ -41,6 +46,7 @@ from adapter.cgroups import CpuController, CpuLimitError, detect_cpu_controller
 from adapter.decision import Decision, StageDecision
 from adapter.errors import UsageError
 from adapter.executors import ApplyResult, StepFailure
+from adapter.executors.local_plan import match_replicas, replica_targets, variant_shares
 from adapter.executors.local_replica import ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
 from adapter.executors.local_state import (
     TARGETS_FILE,
@@ -110,30 +116,6 @@ class _Stage:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-def match_replicas(
-    current: Sequence[ReplicaConfig], targets: Sequence[ReplicaConfig]
-) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Pair running replicas with decided ones, keeping as much as fits (exact, then same variant and cores,
-    then same variant, then any). Returns (pairs of (current, target) indexes, targets to start, current to stop)."""
-    keys: list[Callable[[ReplicaConfig], tuple[object, ...]]] = [
-        lambda c: (c.variant, c.batch, c.cores),
-        lambda c: (c.variant, c.cores),
-        lambda c: (c.variant,),
-        lambda c: (),
-    ]
-    free_c, free_t = list(range(len(current))), list(range(len(targets)))
-    pairs: list[tuple[int, int]] = []
-    for key in keys:
-        for t in list(free_t):
-            for c in free_c:
-                if key(current[c]) == key(targets[t]):
-                    pairs.append((c, t))
-                    free_c.remove(c)
-                    free_t.remove(t)
-                    break
-    return pairs, free_t, free_c
 
 
 class LocalCluster:
@@ -269,8 +251,7 @@ class LocalCluster:
         if unknown:
             result.failed.append(StepFailure(f"stage {st.name}", "apply", f"unknown variants {unknown}"))
             return
-        wait_ms = st.spec.max_batch_time_ms
-        targets = [ReplicaConfig(g.variant, g.batch, g.cores, wait_ms) for g in sd.replicas for _ in range(g.count)]
+        targets = replica_targets(sd, st.spec.max_batch_time_ms)
         st.targets = targets
         live = [r for r in st.replicas if r.phase == "ready"]
         pairs, to_start, to_stop = match_replicas([r.process.config for r in live], targets)
@@ -291,11 +272,7 @@ class LocalCluster:
         await asyncio.gather(*(change(live[c], targets[t]) for c, t in pairs))
 
         # 3. Decided shares, and the replicas to stop leave the router (keep as many as new ones failed).
-        shares: dict[str, float] = {}
-        for g in sd.replicas:
-            if g.count > 0:
-                shares[g.variant] = shares.get(g.variant, 0.0) + g.load_share
-        st.shares = shares
+        st.shares = shares = variant_shares(sd)
         stopping = [live[c] for c in to_stop][failed_starts:]
         for r in stopping:
             r.phase = "draining"
