@@ -165,7 +165,7 @@ class GraphBuilder:
         return self._node("Sigmoid", [x], f"{x}.sigmoid", None if p is None else _sigmoid(p))
 
     def silu(self, x: str) -> str:
-        """x * sigmoid(x): SiLU has no ONNX operator at our opset; onnxruntime fuses the pair."""
+        """x * sigmoid(x): SiLU has no ONNX operator at our opset; torch exports it as this pair too."""
         return self._node("Mul", [x, self.sigmoid(x)], f"{x}.silu", self._p(x) * _sigmoid(self._p(x)))
 
     def maxpool(self, x: str, kernel: int, stride: int, pad: int) -> str:
