@@ -46,7 +46,8 @@ def load_crd_schema(path: str | Path, version: str = "v1") -> dict[str, Any]:
     not one."""
     p = Path(path)
     try:
-        docs = [d for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a CRD is close to 1 MB of YAML
+        docs = [d for d in yaml.load_all(p.read_text(), Loader=loader) if isinstance(d, dict)]
     except (OSError, yaml.YAMLError) as e:
         raise UsageError(f"{p}: cannot read the CRD: {e}") from None
     for doc in docs:

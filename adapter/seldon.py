@@ -34,7 +34,8 @@ from adapter.spec import GraphSpec, StageSpec
 __all__ = [
     "ANNOTATION_PLAN", "API_VERSION", "ComponentPlan", "GROUP", "LABEL_GRAPH", "LABEL_PREDICTOR", "LABEL_STAGE",
     "PLURAL", "PlanError", "PredictorPlan", "RenderOptions", "ReplicaConfig", "VERSION", "cpu_quantity",
-    "deployment_patch", "parse_cpu", "plan_deployment", "plan_from_annotation", "render_seldon_deployment",
+    "deployment_patch", "parse_cpu", "plan_deployment", "plan_from_annotation", "plan_to_annotation",
+    "render_seldon_deployment",
     "runtime_settings", "threads_for", "validate_seldon_deployment",
 ]
 

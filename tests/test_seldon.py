@@ -45,7 +45,7 @@ MANIFESTS = ROOT / "manifests"
 GRAPHS = sorted((ROOT / "inference_graphs").glob("*.yaml"))
 K8S_VERSION = "1.33"  # the first with the pods/resize subresource
 
-THREE_STAGES = {
+THREE_STAGES: dict[str, Any] = {
     "name": "three", "slo_ms": 900, "budget_cores": 8,
     "stages": [
         {"name": f"s{i}", "variants": [{"name": "small", "accuracy": 50, "model": "/models/small.onnx"},
@@ -55,7 +55,7 @@ THREE_STAGES = {
         for i in range(3)
     ],
 }
-ONE_STAGE = {
+ONE_STAGE: dict[str, Any] = {
     "name": "solo", "slo_ms": 200, "budget_cores": 4,
     "stages": [{"name": "classifier", "family": "resnet", "profile": "p.csv",
                 "variants": [{"name": "resnet18", "accuracy": 69.76}, {"name": "resnet50", "accuracy": 76.13},

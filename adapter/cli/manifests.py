@@ -151,6 +151,13 @@ def _run(args: argparse.Namespace) -> int:
         plan = plan_deployment(spec, decision)
     except PlanError as e:
         raise SpecError(args.decision, e.field, e.reason) from None
+    for p in plan:
+        for c in p.components:
+            if len(c.groups) > 1:
+                t = c.template
+                print(f"ipa manifests: note: stage {c.stage} runs {len(c.groups)} configurations; the pod template "
+                      f"holds one ({t.variant}, batch {t.batch}, {t.cores:g} cores): the in-place executor "
+                      "configures the others on the running pods", file=sys.stderr)
     deployment = render_seldon_deployment(spec, plan, options)
     problems = validate_seldon_deployment(deployment)
     if problems:  # a bug here rather than in the user's input, but say it the same way

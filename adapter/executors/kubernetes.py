@@ -199,6 +199,15 @@ class KubernetesExecutor:
         summary = ", ".join(f"{p.name}/{c.stage}={c.replicas}" for p in plan for c in p.components)
         if len(plan) > 1:
             summary += "; traffic " + ", ".join(f"{p.name}={p.traffic}%" for p in plan)
+        if rollout:
+            for p in plan:
+                for c in p.components:
+                    if len(c.groups) > 1:
+                        t = c.template
+                        result.failed.append(StepFailure(
+                            f"seldondeployment/{self._name(spec)}", f"roll out {len(c.groups)} configurations of "
+                            f"stage {c.stage}", f"a pod template holds one: all {c.replicas} replicas run {t.variant} "
+                            f"batch {t.batch} on {t.cores:g} cores; --mode in-place runs several"))
         for attempt in range(self.settings.conflict_retries + 1):
             patch = deployment_patch(live, spec, plan, rollout=rollout)
             if patch is None:
