@@ -240,6 +240,11 @@ class Profile:
         measured = self._index.get((variant, batch, _core_key(cores)))
         if measured is not None:
             return measured
+        return self.predict(variant, batch, cores)
+
+    def predict(self, variant: str, batch: int, cores: float) -> ProfilePoint:
+        """The fitted model's figures even where a point was measured: smooth and monotone where the
+        measurements are noisy (a shared machine); KeyError for an unknown variant."""
         f = self.fit(variant)  # KeyError for an unknown variant
         p50 = f.p50.model(batch, cores)
         p99 = max(f.p99.model(batch, cores), p50)
