@@ -49,8 +49,11 @@ _Dumper.add_representer(str, _str)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "manifests", help="render the SeldonDeployment and adapter ConfigMap of a pipeline",
-        description=__doc__.split("\n\n")[0] if __doc__ else None)
+        "manifests", help="render a pipeline's SeldonDeployment and the adapter's ConfigMap (Kubernetes)",
+        description="Render what a pipeline needs on Kubernetes with Seldon Core: its SeldonDeployment (one "
+        "predictor chaining the stages, CPU request = limit, resizable in place) and the ConfigMap ipa-graph the "
+        "adapter reads (the graph and its profiles), as YAML on stdout or as files in DIR. The SeldonDeployment "
+        "is checked against Seldon's operator rules, and against a CRD's schema with --crd.")
     p.add_argument("graph", metavar="GRAPH", help="inference-graph YAML file")
     p.add_argument("--decision", metavar="FILE", help="a decision (`ipa solve --json` output) to render; "
                    "default: every stage's static configuration")

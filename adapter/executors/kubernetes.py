@@ -42,12 +42,12 @@ from adapter.seldon import (
     PredictorPlan,
     ReplicaConfig,
     cpu_quantity,
-    deployment_patch,
     parse_cpu,
     plan_deployment,
     plan_from_annotation,
     threads_for,
 )
+from adapter.seldon_patch import deployment_patch
 from adapter.spec import GraphSpec
 from mlserver_ipa.client import ControlError, V2Client, V2TransportError
 
