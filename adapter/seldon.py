@@ -1,4 +1,4 @@
-"""The pipeline as a Seldon Core v1 `SeldonDeployment`: what runs where, rendered, patched and checked.
+"""The pipeline as a Seldon Core v1 `SeldonDeployment`: what runs where (the plan), rendered and checked.
 
     plan = plan_deployment(spec, decision)             # predictors -> stage components -> replica groups
     obj = render_seldon_deployment(spec, plan, RenderOptions(image="ghcr.io/me/ipa-runtime:0.1"))
