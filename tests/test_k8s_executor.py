@@ -370,7 +370,10 @@ async def test_rollout_puts_everything_into_the_pod_template(
                               "(rollout of the pod templates)"]
     assert requests(kmock) == [("GET", f"/apis/machinelearning.seldon.io/v1/namespaces/{NS}/seldondeployments/video"),
                                ("PATCH", f"/apis/machinelearning.seldon.io/v1/namespaces/{NS}/seldondeployments/video")]
-    patched = assert_sdep_patch_valid(cluster, patches(kmock)[0].data, crd, tmp_path)
+    (sent,) = patches(kmock)
+    assert sent.headers["Content-Type"] == "application/merge-patch+json"
+    assert sent.data["metadata"]["resourceVersion"] == "1"
+    patched = assert_sdep_patch_valid(cluster, sent.data, crd, tmp_path)
     detector, classifier = (cs["spec"]["containers"][0] for cs in patched["spec"]["predictors"][0]["componentSpecs"])
     assert detector["resources"]["limits"]["cpu"] == detector["resources"]["requests"]["cpu"] == "2"
     assert classifier["resources"]["limits"]["cpu"] == "500m"
