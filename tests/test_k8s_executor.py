@@ -664,3 +664,18 @@ async def test_reconcile_without_a_plan_says_so(
     result = await executor(client, vtime).reconcile(spec)
     (failure,) = result.failed
     assert "no readable ipa/plan annotation" in failure.reason
+
+
+async def test_a_runtime_that_refuses_a_change_is_reported(
+        kmock: kmock_lib.KubernetesEmulator, client: KubernetesClient, vtime: VirtualTime) -> None:
+    spec = graph("video", ["detector"])
+    cluster = Cluster(kmock, spec)
+    container = cluster.rendered["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]
+    only_resnet18 = runtime_state_of(container) | {"variants": [{"name": "resnet18"}]}  # an older image
+    async with ControlServer("detector", only_resnet18) as runtime:
+        pod = cluster.pod(0, 0, 0, runtime.port)
+        result = await executor(client, vtime).apply(spec, decision([("detector", [("resnet50", 1, 1, 1, 1.0)])]))
+    (failure,) = result.failed
+    assert (failure.target, failure.action, failure.retryable) == (
+        f"pod/{pod['metadata']['name']}", "variant resnet18 -> resnet50", False)
+    assert failure.reason == "runtime refused: HTTP 400: unknown variant 'resnet50'"

@@ -124,7 +124,7 @@ def resize_state(pod: Mapping[str, Any], container: str, cores: float) -> tuple[
     return "waiting", f"running with {actual:g} cores"
 
 
-@dataclass
+@dataclass(eq=False)
 class _PodJob:
     pod: dict[str, Any]
     stage: str
@@ -230,7 +230,7 @@ class KubernetesExecutor:
     # -- the pods -----------------------------------------------------------------------------------------
 
     async def _configure_pods(self, spec: GraphSpec, plan: Sequence[PredictorPlan], result: ApplyResult) -> None:
-        graph = self._name(spec)
+        graph = spec.name  # the pods' label, whatever the SeldonDeployment is called
         try:
             pods = await self.client.list_pods(self.settings.namespace, f"{LABEL_GRAPH}={graph}")
         except KubernetesError as e:
@@ -275,8 +275,9 @@ class KubernetesExecutor:
                                          timeout_s=self.settings.control_timeout_s)
         except V2TransportError as e:
             result.failed.append(StepFailure(target, action, f"runtime did not answer: {e}", retryable=True))
-        except ControlError as e:
-            result.failed.append(StepFailure(target, action, f"runtime refused: {e}", retryable=e.status >= 500))
+        except ControlError as e:  # 404: the model is not loaded (yet); 4xx otherwise: the change is refused
+            result.failed.append(StepFailure(target, action, f"runtime refused: {e}",
+                                             retryable=e.status >= 500 or e.status == 404))
         return None
 
     async def _state(self, pod: Mapping[str, Any], stage: str, result: ApplyResult) -> dict[str, Any] | None:
