@@ -56,6 +56,14 @@ class ObjectiveTerms(BaseModel):
 
 
 class Decision(BaseModel):
+    """What every stage runs; `status` says whether it meets the constraints (see docs/formulation.md):
+
+    `optimal`: the best the policy may choose, meeting capacity, SLO and budget; `timeout`: the solver's time
+    limit ended the search, this is the best found (it meets the constraints); `degraded`: nothing the policy
+    may choose meets them all, `reason` says what fails, and this is the fallback (fastest variants at the
+    capacity the budget allows) or, for fixed policies, their configuration as it is.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: Status
@@ -66,6 +74,9 @@ class Decision(BaseModel):
     load_rps: float = Field(ge=0)
     predicted_latency_ms: float = Field(ge=0)
     stages: list[StageDecision] = Field(min_length=1)
+    slo_ms: float | None = Field(None, description="the end-to-end SLO the decision was taken for")
+    solver: str | None = Field(None, description="exact, mip, or none (a fixed policy or a fallback)")
+    notes: list[str] = Field(default_factory=list, description="what the guards changed or held, and why")
 
     @property
     def cores(self) -> float:
