@@ -46,50 +46,63 @@ class BatchPolicy:
 class ServiceTimes:
     """Measured service time per (configuration, batch rows): an exponentially weighted moving average.
 
-    A configuration is whatever changes the speed (here: variant and thread count). Batch sizes not yet
-    measured are interpolated between measured ones, or extrapolated along the last measured slope; nothing
-    measured yet means 0 (no request is rejected on a guess).
+    A configuration is whatever changes the speed (here: variant and thread count). Estimates come from a
+    curve through the batch sizes measured at least `min_samples` times (or seeded by a warm-up), made
+    non-decreasing (a batch is never faster than a smaller one, even when noise measured it so): between
+    points it interpolates, beyond the largest it extrapolates along the last slope. A batch size seen once or
+    twice does not bend the curve, so one slow outlier does not make every larger batch look slow. Nothing
+    measured yet means 0: no request is rejected on a guess.
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, min_samples: int = 3) -> None:
         self.alpha = alpha
-        self._table: dict[Hashable, dict[int, float]] = {}
+        self.min_samples = min_samples
+        self._table: dict[Hashable, dict[int, tuple[float, int]]] = {}
+        self._curves: dict[Hashable, list[tuple[int, float]]] = {}
 
     def observe(self, config: Hashable, rows: int, seconds: float) -> None:
         known = self._table.setdefault(config, {})
-        old = known.get(rows)
-        known[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+        old, n = known.get(rows, (seconds, 0))
+        known[rows] = (old + self.alpha * (seconds - old), n + 1)
+        self._curves.pop(config, None)
 
     def seed(self, config: Hashable, rows: int, seconds: float) -> None:
-        """Set the estimate outright (warm-up measurements of a new session)."""
-        self._table.setdefault(config, {})[rows] = seconds
+        """Set the estimate outright and trust it (warm-up measurements of a new session)."""
+        self._table.setdefault(config, {})[rows] = (seconds, self.min_samples)
+        self._curves.pop(config, None)
 
     def table(self, config: Hashable) -> dict[int, float]:
-        return dict(sorted(self._table.get(config, {}).items()))
+        """The raw averages by batch rows."""
+        return {r: v for r, (v, _) in sorted(self._table.get(config, {}).items())}
+
+    def _curve(self, config: Hashable) -> list[tuple[int, float]]:
+        curve = self._curves.get(config)
+        if curve is None:
+            known = self._table.get(config, {})
+            points = sorted((r, v) for r, (v, n) in known.items() if n >= self.min_samples) or sorted(
+                (r, v) for r, (v, _) in known.items()
+            )
+            curve, top = [], 0.0
+            for r, v in points:
+                top = max(top, v)
+                curve.append((r, top))
+            self._curves[config] = curve
+        return curve
 
     def estimate(self, config: Hashable, rows: int) -> float:
-        known = self._table.get(config)
-        if not known:
+        curve = self._curve(config)
+        if not curve:
             return 0.0
-        # A batch is never faster than a smaller one, even when noise measured it so.
-        floor = max((s for r, s in known.items() if r <= rows), default=0.0)
-        if rows in known:
-            return max(floor, known[rows])
-        below = sorted(r for r in known if r < rows)
-        above = sorted(r for r in known if r > rows)
-        if below and above:
-            lo, hi = below[-1], above[0]
-            guess = known[lo] + (known[hi] - known[lo]) * (rows - lo) / (hi - lo)
-        elif below:
-            hi = below[-1]
-            if len(below) >= 2:
-                lo = below[-2]
-                guess = known[hi] + max(0.0, (known[hi] - known[lo]) / (hi - lo)) * (rows - hi)
-            else:
-                guess = known[hi] * rows / hi
-        else:
-            guess = known[above[0]]  # fewer rows than anything measured: never slower than that batch
-        return max(floor, guess)
+        if rows <= curve[0][0]:
+            return curve[0][1]  # fewer rows than anything measured: never slower than that batch
+        for (lo, t_lo), (hi, t_hi) in zip(curve, curve[1:], strict=False):
+            if rows <= hi:
+                return t_lo + (t_hi - t_lo) * (rows - lo) / (hi - lo)
+        hi, t_hi = curve[-1]
+        if len(curve) >= 2:
+            lo, t_lo = curve[-2]
+            return t_hi + (t_hi - t_lo) / (hi - lo) * (rows - hi)
+        return t_hi * rows / hi
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,17 @@ class Plan(Generic[T]):
 
 def expire(queue: DeadlineQueue[T], start: float, service_time: ServiceTime) -> list[Drop[T]]:
     """Remove the requests that would miss their deadline even if served alone from `start` on."""
-    gone = queue.remove_if(lambda e: start + service_time(e.rows) > e.deadline)
-    return [Drop(e, start, service_time(e.rows)) for e in gone]
+    if start + service_time(1) <= queue.earliest_deadline():
+        return []  # the common case, decided without looking at every request
+    times: dict[int, float] = {}
+
+    def service(rows: int) -> float:
+        if rows not in times:
+            times[rows] = service_time(rows)
+        return times[rows]
+
+    gone = queue.remove_if(lambda e: start + service(e.rows) > e.deadline)
+    return [Drop(e, start, service(e.rows)) for e in gone]
 
 
 def plan_batch(queue: DeadlineQueue[T], now: float, policy: BatchPolicy, service_time: ServiceTime) -> Plan[T]:

@@ -137,7 +137,10 @@ class V2Client:
 
     def __init__(self, base_url: str, *, timeout: float = 30.0, max_connections: int = 256) -> None:
         self.base_url = base_url.rstrip("/")
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive closes them from its side:
+        # reusing a connection the server is closing at that moment fails with a ReadError.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=2.0)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits)
 
     async def __aenter__(self) -> V2Client:
@@ -148,6 +151,37 @@ class V2Client:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    @staticmethod
+    def encode_request(
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        deadline_ms: float | None = None,
+        priority: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        input_name: str = "input",
+        request_id: str | None = None,
+    ) -> bytes:
+        """The JSON body of a V2 inference request (encode once, send many times with `infer_raw`)."""
+        named = {input_name: inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
+        body: dict[str, Any] = {"inputs": [encode_tensor(n, a) for n, a in named.items()]}
+        params = dict(parameters or {})
+        if deadline_ms is not None:
+            params["deadline_ms"] = deadline_ms
+        if priority is not None:
+            params["priority"] = priority
+        if params:
+            body["parameters"] = params
+        if outputs:
+            body["outputs"] = [{"name": n} for n in outputs]
+        if request_id is not None:
+            body["id"] = request_id
+        return _dumps(body)
+
+    @staticmethod
+    def infer_path(model: str, version: str | None = None) -> str:
+        return f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
 
     async def infer(
         self,
@@ -163,21 +197,9 @@ class V2Client:
         request_id: str | None = None,
     ) -> InferResult:
         """Send one inference request. `inputs` is one array (named `input_name`) or a name -> array map."""
-        named = {input_name: inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
-        body: dict[str, Any] = {"inputs": [encode_tensor(n, a) for n, a in named.items()]}
-        params = dict(parameters or {})
-        if deadline_ms is not None:
-            params["deadline_ms"] = deadline_ms
-        if priority is not None:
-            params["priority"] = priority
-        if params:
-            body["parameters"] = params
-        if outputs:
-            body["outputs"] = [{"name": n} for n in outputs]
-        if request_id is not None:
-            body["id"] = request_id
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        return await self.infer_raw(path, _dumps(body))
+        body = self.encode_request(inputs, deadline_ms=deadline_ms, priority=priority, parameters=parameters,
+                                   outputs=outputs, input_name=input_name, request_id=request_id)
+        return await self.infer_raw(self.infer_path(model, version), body)
 
     async def infer_raw(self, path: str, body: bytes) -> InferResult:
         """POST an already encoded V2 body to `path` (for replaying or forwarding requests)."""

@@ -268,7 +268,10 @@ class VariantRuntime(MLModel):
             on_late=cfg.on_late,
             queue_length=len(self._queue),
             in_flight=self._batcher.in_flight,
-            service_time_ms={r: round(s * 1000, 3) for r, s in self._times.table(session.config).items()},
+            service_time_ms={
+                r: round(self._times.estimate(session.config, r) * 1000, 3)
+                for r in sorted({1, cfg.batch_size, *self._times.table(session.config)})
+            },
             switches=self._switches,
             last_switch_ms=self._last_switch_ms,
         )
@@ -291,6 +294,9 @@ class VariantRuntime(MLModel):
                 self._last_switch_ms = round((self._clock() - t0) * 1000, 3)
                 self._metrics.switched()
                 self._describe(new)
+            elif batch_size not in self._times.table(current.config):
+                # Measure the new batch size once, beside the serving, so deadlines are judged on a measurement.
+                self._times.seed(current.config, batch_size, await asyncio.to_thread(current.measure, batch_size))
             updates = {
                 "active": variant,
                 "threads": threads,

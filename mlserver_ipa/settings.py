@@ -114,7 +114,8 @@ class ControlState(BaseModel):
     queue_length: int
     in_flight: int
     service_time_ms: dict[int, float]
-    """Measured service time (EWMA) of the active variant and thread count, by batch rows."""
+    """Service time of the active variant and thread count by batch rows, as the batcher estimates it: at 1 row,
+    at the batch size and at every size measured (averages of measurements, interpolated where needed)."""
     switches: int
     """Session swaps (variant or thread changes) since load."""
     last_switch_ms: float | None = None

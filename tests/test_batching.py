@@ -155,12 +155,12 @@ def test_priority_class_fills_the_batch_before_earlier_deadlines_of_lower_classe
 
 
 def test_service_times_ewma_and_estimates() -> None:
-    times = ServiceTimes(alpha=0.5)
+    times = ServiceTimes(alpha=0.5, min_samples=2)
     assert times.estimate("v", 4) == 0.0  # nothing measured: never reject on a guess
     times.observe("v", 1, 0.010)
-    assert times.estimate("v", 1) == pytest.approx(0.010)
+    assert times.estimate("v", 1) == pytest.approx(0.010)  # untrusted, but all there is
     times.observe("v", 1, 0.020)
-    assert times.estimate("v", 1) == pytest.approx(0.015)
+    assert times.estimate("v", 1) == pytest.approx(0.015)  # EWMA
     assert times.estimate("v", 4) == pytest.approx(0.060)  # one point: proportional
     times.seed("v", 8, 0.050)
     assert times.estimate("v", 4) == pytest.approx(0.015 + (0.050 - 0.015) * 3 / 7)  # interpolated
@@ -175,6 +175,17 @@ def test_a_larger_batch_is_never_estimated_faster_than_a_smaller_one() -> None:
     times.seed("v", 4, 0.010)  # a noisy warm-up
     assert times.estimate("v", 4) == pytest.approx(0.020)
     assert times.estimate("v", 2) == pytest.approx(0.020)
+
+
+def test_a_batch_size_seen_rarely_does_not_bend_the_curve() -> None:
+    times = ServiceTimes(min_samples=3)
+    times.seed("v", 1, 0.010)
+    times.seed("v", 4, 0.025)
+    times.observe("v", 2, 0.200)  # one slow outlier (another process took the CPU)
+    assert times.estimate("v", 3) == pytest.approx(0.020)
+    for _ in range(20):
+        times.observe("v", 2, 0.014)
+    assert times.estimate("v", 2) == pytest.approx(0.014, rel=0.25)  # trusted now; the EWMA forgot the outlier
 
 
 # -- Batcher.submit: admission in virtual time ---------------------------------------------------------------

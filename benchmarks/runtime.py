@@ -1,0 +1,410 @@
+"""Benchmark of the serving runtime: the same ONNX model three ways in one run, and a bursty overload.
+
+    .venv/bin/python benchmarks/runtime.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/runtime.py --quick    # short points, for a smoke check
+
+1. Throughput and latency in a closed loop (each client sends its next request when the last one is answered)
+   at batch 1, 4 and 8: raw onnxruntime in this process (the floor: no HTTP, no JSON, batches handed in
+   whole), stock MLServer (a minimal onnxruntime runtime with MLServer's adaptive batching,
+   `benchmarks/stock_runtime.py`) and this project's `VariantRuntime`. Each request carries one image;
+   concurrency is twice the batch size (at least 4), so batches can fill.
+2. A bursty open-loop overload (bursts at 3x the measured capacity, 1.4x on average) with three deadline
+   classes: the share of all requests answered successfully within their deadline, per system.
+
+Both servers run with the same onnxruntime threads and are pinned to the same CPUs (`--server-cpus`); the
+client is pinned to the others (`--client-cpus`), so the client's JSON work does not take the servers' CPU.
+Other processes on the machine add noise: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import numpy as np
+import uvloop
+
+from mlserver_ipa.session import VariantSession
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+# -- servers ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`mlserver start` on loopback, free ports, own process group, pinned to `cpus`."""
+
+    def __init__(self, repo: Path, cpus: set[int] | None, log: Path) -> None:
+        repo = repo.resolve()
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        settings = {"parallel_workers": 0, "host": "127.0.0.1", "http_port": self.http_port,
+                    "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
+        (repo / "settings.json").write_text(json.dumps(settings))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
+
+        def child_setup() -> None:
+            os.setsid()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "mlserver"), "start", str(repo)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=repo, preexec_fn=child_setup,
+            )
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, models: list[str], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlserver exited: {self.log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                index = httpx.post(f"{self.url}/v2/repository/index", json={}, timeout=2).json()
+                if {m["name"] for m in index if m.get("state") == "READY"} >= set(models):
+                    return
+            time.sleep(0.3)
+        raise RuntimeError(f"mlserver not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def build_model(out: Path, variant: str, resolution: int) -> Path:
+    from mlserver_ipa.zoo import build_repository
+
+    build_repository("resnet", out, variants=[variant], resolution=resolution)
+    return out / "resnet" / f"{variant}.onnx"
+
+
+def write_repos(work: Path, onnx: Path, batches: list[int], threads: int, max_batch_time_ms: float,
+                queue_limit: int) -> tuple[Path, Path]:
+    stock, ours = work / "stock", work / "ipa"
+    for b in batches:
+        folder = stock / f"stock-b{b}"
+        folder.mkdir(parents=True, exist_ok=True)
+        settings: dict[str, Any] = {"name": f"stock-b{b}", "implementation": "stock_runtime.StockOnnxRuntime",
+                                    "parameters": {"extra": {"uri": str(onnx), "threads": threads}}}
+        if b > 1:
+            settings.update(max_batch_size=b, max_batch_time=max_batch_time_ms / 1000)
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+    (ours / "ipa").mkdir(parents=True, exist_ok=True)
+    (ours / "ipa" / "model-settings.json").write_text(json.dumps({
+        "name": "ipa", "implementation": "mlserver_ipa.runtime.VariantRuntime",
+        "parameters": {"extra": {"variants": [{"name": onnx.stem, "uri": str(onnx)}], "threads": threads,
+                                 "max_batch_time_ms": max_batch_time_ms, "queue_limit": queue_limit}},
+    }))
+    return stock, ours
+
+
+# -- measurements -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    system: str
+    batch: int
+    concurrency: int
+    rps: float
+    """Images per second."""
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def raw_floor(onnx: Path, batch: int, threads: int, seconds: float, cpus: set[int] | None, image: np.ndarray) -> Point:
+    """onnxruntime in this process, one batch after another: no serving at all."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        session = VariantSession(onnx.stem, onnx, threads)
+        feeds = {"input": np.repeat(image, batch, axis=0)}
+        for _ in range(3):
+            session.run_sync(feeds)
+        latencies: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            session.run_sync(feeds)
+            latencies.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.sched_setaffinity(0, before)
+    total = sum(latencies) / 1000
+    return Point("onnxruntime (floor)", batch, 1, batch * len(latencies) / total,
+                 percentile(latencies, 50), percentile(latencies, 99))
+
+
+def request_body(image: np.ndarray, **parameters: Any) -> bytes:
+    body: dict[str, Any] = {"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32",
+                                        "data": image.ravel().tolist()}]}
+    if parameters:
+        body["parameters"] = parameters
+    return json.dumps(body).encode()
+
+
+class LoadClient:
+    """The load generator's HTTP side: aiohttp on uvloop, bodies encoded once, answers read but not decoded.
+
+    (The project's `V2Client` decodes every answer into numpy; here the client must cost as little CPU as
+    possible so that it measures the servers, not itself.)
+    """
+
+    def __init__(self, url: str, connections: int, timeout: float) -> None:
+        self._session = aiohttp.ClientSession(
+            base_url=url, connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
+    async def __aenter__(self) -> LoadClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def post(self, path: str, body: bytes) -> int:
+        """HTTP status of one inference request; 0 when no answer came."""
+        try:
+            async with self._session.post(path, data=body, headers={"content-type": "application/json"}) as r:
+                await r.read()
+                return r.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
+
+async def closed_loop(url: str, model: str, body: bytes, concurrency: int, seconds: float, warmup: float,
+                      system: str, batch: int) -> Point:
+    latencies: list[float] = []
+    errors = 0
+    path = f"/v2/models/{model}/infer"
+    async with LoadClient(url, concurrency, timeout=60) as client:
+        start = time.perf_counter()
+        measure_from, end = start + warmup, start + warmup + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while (now := time.perf_counter()) < end:
+                status = await client.post(path, body)
+                done = time.perf_counter()
+                if now >= measure_from:
+                    if status == 200:
+                        latencies.append((done - now) * 1000)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Point(system, batch, concurrency, len(latencies) / seconds, percentile(latencies, 50),
+                 percentile(latencies, 99), errors)
+
+
+# -- overload -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OverloadResult:
+    system: str
+    sent: int
+    within: int
+    by_class: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """class -> (sent, answered within deadline)."""
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return self.within / self.sent if self.sent else float("nan")
+
+
+def overload_schedule(capacity: float, seconds: float, classes: dict[str, float], seed: int) -> list[tuple[float, str]]:
+    """Poisson arrivals in 2 s cycles: 0.7 s at 3x capacity, 1.3 s at 0.5x (1.4x on average)."""
+    rng = random.Random(seed)
+    names = list(classes)
+    t, out = 0.0, []  # type: tuple[float, list[tuple[float, str]]]
+    while True:
+        rate = capacity * (3.0 if (t % 2.0) < 0.7 else 0.5)
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append((t, rng.choice(names)))
+
+
+async def open_loop(url: str, model: str, schedule: list[tuple[float, str]], bodies: dict[str, bytes],
+                    classes: dict[str, float], system: str) -> OverloadResult:
+    path = f"/v2/models/{model}/infer"
+    statuses: Counter[str] = Counter()
+    per_class: dict[str, list[int]] = {c: [0, 0] for c in classes}
+    max_deadline = max(classes.values()) / 1000
+    async with LoadClient(url, 4000, timeout=max_deadline + 1) as client:
+        start = time.perf_counter()
+
+        async def one(at: float, cls: str) -> None:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            sent = time.perf_counter()
+            per_class[cls][0] += 1
+            status = await client.post(path, bodies[cls])
+            statuses[str(status) if status else "no answer"] += 1
+            if status == 200 and (time.perf_counter() - sent) * 1000 <= classes[cls]:
+                per_class[cls][1] += 1
+
+        await asyncio.gather(*(one(at, cls) for at, cls in schedule))
+    return OverloadResult(system, sum(s for s, _ in per_class.values()), sum(w for _, w in per_class.values()),
+                          {c: (s, w) for c, (s, w) in per_class.items()}, dict(statuses))
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+def print_points(points: list[Point]) -> None:
+    print(f"{'system':<22}{'batch':>6}{'conc':>6}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for p in points:
+        print(f"{p.system:<22}{p.batch:>6}{p.concurrency:>6}{p.rps:>10.1f}{p.p50_ms:>9.1f}{p.p99_ms:>9.1f}"
+              f"{p.errors:>8}")
+
+
+def print_overload(results: list[OverloadResult], classes: dict[str, float]) -> None:
+    head = "".join(f"{c + f' ({ms:.0f}ms)':>16}" for c, ms in classes.items())
+    print(f"{'system':<18}{'sent':>7}{'within':>8}{'share':>8}{head}  answers")
+    for r in results:
+        cols = "".join(f"{(w / s if s else 0):>16.0%}" for s, w in r.by_class.values())
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items()))
+        print(f"{r.system:<18}{r.sent:>7}{r.within:>8}{r.share:>8.0%}{cols}  {answers}")
+
+
+def cpu_set(text: str) -> set[int] | None:
+    if not text:
+        return None
+    available = os.sched_getaffinity(0)
+    cpus = {int(c) for c in text.split(",") if c.strip()}
+    return cpus & available or None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short points (3 s, overload 6 s)")
+    parser.add_argument("--variant", default="resnet18")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batches", default="1,4,8")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per closed-loop point")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-batch-time-ms", type=float, default=5.0)
+    parser.add_argument("--overload-batch", type=int, default=4)
+    parser.add_argument("--overload-seconds", type=float, default=16.0)
+    parser.add_argument("--server-cpus", default="1", help="CPUs both servers are pinned to ('' = no pinning)")
+    parser.add_argument("--client-cpus", default="0", help="CPUs this client is pinned to ('' = no pinning)")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench" / "runtime")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.overload_seconds = 3.0, 1.0, 6.0
+    batches = [int(b) for b in args.batches.split(",")]
+    server_cpus, client_cpus = cpu_set(args.server_cpus), cpu_set(args.client_cpus)
+    if server_cpus and client_cpus and server_cpus & client_cpus:
+        client_cpus -= server_cpus
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"building {args.variant} at {args.resolution}x{args.resolution} ...", flush=True)
+    onnx = build_model(args.work / "models", args.variant, args.resolution)
+    stock_repo, ours_repo = write_repos(args.work, onnx, sorted(set(batches) | {args.overload_batch}),
+                                       args.threads, args.max_batch_time_ms, queue_limit=256)
+    image = np.random.default_rng(0).standard_normal((1, 3, args.resolution, args.resolution)).astype(np.float32)
+    body = request_body(image)
+
+    servers = [Server(stock_repo, server_cpus, args.work / "stock.log"),
+               Server(ours_repo, server_cpus, args.work / "ipa.log")]
+    stock, ours = servers
+    try:
+        stock.wait_ready([f"stock-b{b}" for b in batches])
+        ours.wait_ready(["ipa"])
+        print(f"model {args.variant} @{args.resolution}x{args.resolution}, onnxruntime threads {args.threads}, "
+              f"server CPUs {sorted(server_cpus or [])}, client CPUs {sorted(client_cpus or [])}, "
+              f"{args.seconds:.0f} s per point, max batch time {args.max_batch_time_ms} ms\n", flush=True)
+        points: list[Point] = []
+        for b in batches:
+            conc = max(4, 2 * b)
+            points.append(raw_floor(onnx, b, args.threads, args.seconds, server_cpus, image))
+            points.append(uvloop.run(closed_loop(stock.url, f"stock-b{b}", body, conc, args.seconds, args.warmup,
+                                                  "stock MLServer", b)))
+            httpx.post(f"{ours.url}/v2/models/ipa/control", json={"batch_size": b}, timeout=60).raise_for_status()
+            points.append(uvloop.run(closed_loop(ours.url, "ipa", body, conc, args.seconds, args.warmup,
+                                                  "this runtime", b)))
+            print_points(points[-3:])
+        print("\nClosed loop, images per second and client-side latency:")
+        print_points(points)
+        ratios = {}
+        for b in batches:
+            s = next(p for p in points if p.system == "stock MLServer" and p.batch == b)
+            o = next(p for p in points if p.system == "this runtime" and p.batch == b)
+            ratios[b] = o.rps / s.rps
+        print("throughput this runtime / stock MLServer: "
+              + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items()) + "  (target >= 0.95x)")
+
+        # Overload: capacity from this run's closed loop at the overload batch size (the better of the two).
+        ob = args.overload_batch
+        capacity = max(p.rps for p in points if p.batch == ob and p.system != "onnxruntime (floor)") \
+            if any(p.batch == ob for p in points) else 50.0
+        floor1 = next((p.p50_ms for p in points if p.system == "onnxruntime (floor)" and p.batch == 1), 10.0)
+        classes = {"tight": max(10.0, 5 * floor1), "medium": max(30.0, 15 * floor1), "loose": max(100.0, 40 * floor1)}
+        bodies = {c: request_body(image, deadline_ms=ms) for c, ms in classes.items()}
+        schedule = overload_schedule(capacity, args.overload_seconds, classes, args.seed)
+        httpx.post(f"{ours.url}/v2/models/ipa/control", json={"batch_size": ob, "on_late": "drop"},
+                   timeout=60).raise_for_status()
+        print(f"\nBursty overload: batch {ob}, {args.overload_seconds:.0f} s, capacity {capacity:.0f} img/s, "
+              f"bursts at 3x (0.7 s of every 2 s), 1.4x on average, {len(schedule)} requests", flush=True)
+        results = [uvloop.run(open_loop(ours.url, "ipa", schedule, bodies, classes, "this runtime")),
+                   uvloop.run(open_loop(stock.url, f"stock-b{ob}", schedule, bodies, classes, "stock MLServer"))]
+        print_overload(results, classes)
+        share_ratio = results[0].share / results[1].share if results[1].share else float("inf")
+        print(f"share within deadline this runtime / stock MLServer: {share_ratio:.2f}x  (target >= 1.5x)")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "points": [asdict(p) for p in points], "throughput_ratio": ratios,
+                "overload": [{**asdict(r), "share": r.share} for r in results], "share_ratio": share_ratio,
+                "classes_ms": classes, "capacity": capacity,
+            }, indent=2))
+    finally:
+        for server in servers:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
