@@ -27,7 +27,13 @@ class SyntheticProfile:
         return Point(p99_ms=round(mean * 1.2, 6), throughput_rps=round(batch / mean * 1000.0, 6))
 
 
-RESNET = {"resnet18": (69.76, 20.0), "resnet34": (73.31, 36.0), "resnet50": (76.13, 48.0), "resnet101": (77.37, 90.0), "resnet152": (78.31, 130.0)}
+RESNET = {
+    "resnet18": (69.76, 20.0),
+    "resnet34": (73.31, 36.0),
+    "resnet50": (76.13, 48.0),
+    "resnet101": (77.37, 90.0),
+    "resnet152": (78.31, 130.0),
+}
 YOLO = {"yolov5n": (45.7, 15.0), "yolov5s": (56.8, 35.0), "yolov5m": (64.1, 80.0)}
 
 
