@@ -128,7 +128,7 @@ def _open_stream(path: Path) -> Iterator[IO[bytes]]:
 
 def _parse_block(tokens: list[bytes], source: Path, first_second: int) -> np.ndarray:
     try:
-        values = np.array(tokens).astype(np.float64)
+        values = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     except ValueError:
         for i, token in enumerate(tokens):  # find the culprit only on the (rare) error path
             try:
