@@ -169,6 +169,8 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
+        if first.get("type") == "json_invalid":
+            return error(422, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
         field = _field(first.get("loc", ()))
         message = "; ".join(f"{_field(x.get('loc', ())) or 'body'}: {x['msg']}" for x in e.errors())
         return error(422, message, field)

@@ -168,14 +168,16 @@ class AdapterService:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wallclock: Callable[[], float] = time.time,
+        on_record: Callable[[DecisionRecord], None] | None = None,
     ) -> None:
         """`clock`: the loop's time (intervals, windows); `sleep`: waits on that clock; `wallclock`: only the
-        unix time written into records for people."""
+        unix time written into records for people; `on_record`: called with every new record (a log line)."""
         self.loop = loop
         self.executor = executor
         self.monitor = monitor
         self.settings = settings or AdapterSettings(interval_s=loop.config.spec.interval_s)
         self.clock, self.sleep, self.wallclock = clock, sleep, wallclock
+        self.on_record = on_record
         self.policy_settings: PolicySettings = loop.config.settings
         self.predictor: str = loop.predictor
         self.state = LoopState()
@@ -285,6 +287,8 @@ class AdapterService:
             in_force=await self._in_force())
         self.history.append(record)
         self.outcomes[outcome] += 1
+        if self.on_record is not None:
+            self.on_record(record)
         return record
 
     async def _apply(self, decision: Decision) -> tuple[ApplyResult, int]:
