@@ -266,6 +266,22 @@ class V2Client:
             raise V2Error(response.status_code, _reason(response))
         return dict(_loads(response.content))
 
+    async def load(self, model: str) -> None:
+        """Load (or reload) a model through the repository API."""
+        await self._repository(f"/v2/repository/models/{model}/load")
+
+    async def unload(self, model: str) -> None:
+        """Unload a model through the repository API (this runtime serves what is queued first)."""
+        await self._repository(f"/v2/repository/models/{model}/unload")
+
+    async def _repository(self, path: str) -> None:
+        try:
+            response = await self._http.post(path, content=b"{}", headers={"content-type": "application/json"})
+        except httpx.HTTPError as e:
+            raise V2TransportError(f"POST {self.base_url}{path}: {e}") from e
+        if not response.is_success:
+            raise V2Error(response.status_code, _reason(response))
+
     async def models(self) -> list[dict[str, Any]]:
         """The model repository index: [{name, version, state, reason}]."""
         try:

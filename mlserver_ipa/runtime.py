@@ -107,6 +107,7 @@ class VariantRuntime(MLModel):
         )
         self._metrics = ModelMetrics(self.name, [v.name for v in self.config.variants])
         self._worker: asyncio.Task[None] | None = None
+        self._executing: list[Entry[Pending]] = []
         self._batch_ids = itertools.count(1)
         self._control_lock = asyncio.Lock()
         self._switches = 0
@@ -140,13 +141,18 @@ class VariantRuntime(MLModel):
         self._worker = asyncio.create_task(self._batcher.run(), name=f"batcher-{self.name}")
         return True
 
-    async def unload(self) -> bool:
+    async def unload(self, drain_s: float = 10.0) -> bool:
+        """Serve what is queued (for at most `drain_s`), then stop; what is left is answered 503."""
+        until = self._clock() + drain_s
+        while (self._queue or self._executing) and self._clock() < until:
+            await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
-        for entry in self._queue.remove_if(lambda e: True):
-            if not entry.item.future.done():
-                entry.item.future.set_exception(Overloaded(f"model {self.name} is unloading"))
+        left = [e.item for e in self._queue.remove_if(lambda e: True)] + [e.item for e in self._executing]
+        for p in left:
+            if not p.future.done():
+                p.future.set_exception(Overloaded(f"model {self.name} is unloading; retry on another replica"))
         self._metrics.queue(0)
         self._sessions.release()
         return True
@@ -198,8 +204,12 @@ class VariantRuntime(MLModel):
         groups: dict[tuple, list[Entry[Pending]]] = defaultdict(list)
         for e in live:  # requests whose dynamic non-batch dimensions differ cannot share one call
             groups[tuple(a.shape[1:] for a in e.item.feeds.values())].append(e)
-        for group in groups.values():
-            await self._run_group(session, group, dispatched)
+        self._executing = live
+        try:
+            for group in groups.values():
+                await self._run_group(session, group, dispatched)
+        finally:
+            self._executing = []
 
     async def _run_group(self, session: VariantSession, group: list[Entry[Pending]], dispatched: float) -> None:
         rows = sum(e.rows for e in group)

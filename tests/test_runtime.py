@@ -254,3 +254,21 @@ def test_metrics_are_real_histograms_labelled_by_model_and_variant(server: MLSer
     assert metric(text, "ipa_active_variant", model=MODEL, variant=SMALL_VARIANTS[1]) == 0
     assert metric(text, "ipa_threads", model=MODEL) >= 1
     assert "ipa_queue_length" in text
+
+
+# -- lifecycle (last: it unloads and reloads the model) ------------------------------------------------------
+
+
+async def test_unload_serves_what_is_queued_and_reload_serves_again(server: MLServer) -> None:
+    async with V2Client(server.http_url) as client:
+        await client.control(MODEL, batch_size=1)
+        queued = [asyncio.create_task(client.infer(MODEL, images(16))) for _ in range(4)]
+        while (await client.control(MODEL))["in_flight"] == 0:
+            await asyncio.sleep(0.002)
+        await client.unload(MODEL)
+        results = await asyncio.gather(*queued)
+        assert [r.status for r in results] == [200] * 4  # drained, not dropped
+        assert (await client.infer(MODEL, images())).status in (400, 404)  # gone: MLServer says so
+        await client.load(MODEL)
+        assert (await client.infer(MODEL, images())).ok
+        assert (await client.control(MODEL))["model"] == MODEL  # the control endpoint is back too

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -323,3 +324,5 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         if args.keep_log:
             print(f"server log: {server.log}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
