@@ -188,7 +188,7 @@ class VariantRuntime(MLModel):
             model_version=self.version,
             id=payload.id,
             parameters=Parameters(**params),
-            outputs=encode_outputs(served.outputs, outputs, self._sessions.active.outputs),
+            outputs=encode_outputs(served.outputs, outputs),
         )
 
     def _service_time(self, rows: int) -> float:
@@ -327,8 +327,8 @@ class VariantRuntime(MLModel):
         def compatible(session: VariantSession) -> None:
             if self._signature is not None and session.signature() != self._signature:
                 raise InvalidControl(
-                    f"variant {variant} takes inputs {session.signature()}, the model serves {self._signature}; "
-                    "queued requests could not be served by it"
+                    f"variant {variant} has inputs and outputs {session.signature()}, the model serves "
+                    f"{self._signature}; queued requests could not be served by it"
                 )
 
         try:

@@ -36,6 +36,10 @@ _ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
 }
 
 
+V2_DATATYPES: dict[np.dtype, str] = {dtype: datatype for dtype, datatype in _ORT_TYPES.values()}
+"""numpy dtype -> V2 datatype, for the types onnxruntime returns."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output: its name, element type and shape (None for a dynamic dimension)."""
@@ -96,8 +100,9 @@ class VariantSession:
         """What its service times are measured under."""
         return (self.variant, self.threads)
 
-    def signature(self) -> tuple[tuple[str, str, tuple[int | None, ...]], ...]:
-        return tuple(s.signature() for s in self.inputs)
+    def signature(self) -> tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]:
+        """Inputs and outputs as requests see them: variants with equal signatures can serve each other's queue."""
+        return (tuple(s.signature() for s in self.inputs), tuple(s.signature() for s in self.outputs))
 
     def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]

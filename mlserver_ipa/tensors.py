@@ -14,7 +14,7 @@ import numpy as np
 from mlserver.types import RequestInput, RequestOutput, ResponseOutput
 
 from mlserver_ipa.errors import InvalidInput, RequestTooLarge
-from mlserver_ipa.session import TensorSpec
+from mlserver_ipa.session import V2_DATATYPES, TensorSpec
 
 
 def describe(spec: TensorSpec) -> str:
@@ -92,12 +92,11 @@ def requested_outputs(requested: Sequence[RequestOutput] | None, specs: Sequence
     return [r.name for r in requested]
 
 
-def encode_outputs(arrays: Mapping[str, np.ndarray], names: Sequence[str], specs: Sequence[TensorSpec]) -> list[ResponseOutput]:
-    datatypes = {s.name: s.datatype for s in specs}
+def encode_outputs(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> list[ResponseOutput]:
     return [
         ResponseOutput(
             name=name,
-            datatype=datatypes[name],
+            datatype=V2_DATATYPES[arrays[name].dtype],
             shape=list(arrays[name].shape),
             data=arrays[name].ravel().tolist(),
         )

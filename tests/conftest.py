@@ -15,6 +15,7 @@ session with the demo zoo (`mlserver_ipa.zoo.build_repository`) at a small resol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -179,7 +180,8 @@ def variant_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_model_settings(repo: Path, name: str, **extra: Any) -> Path:
     """Copy-on-write helper: a new repository folder beside `repo` whose model `name` has `extra` merged into
     `parameters.extra` (the ONNX files are linked, not copied)."""
-    target = repo.parent / f"{repo.name}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items())) or 'copy'}"
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:12]
+    target = repo.parent / f"{repo.name}-{digest}"
     if target.exists():
         return target
     target.mkdir()

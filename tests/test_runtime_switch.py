@@ -4,13 +4,15 @@ clients keep sending; not one request may fail, and the metrics show the new var
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_RESOLUTION, SMALL_VARIANTS, MLServer
+from conftest import SMALL_RESOLUTION, SMALL_VARIANTS, MLServer, write_model_settings
 
-from mlserver_ipa.client import InferResult, V2Client
+from mlserver_ipa.client import ControlError, InferResult, V2Client
 
 MODEL = "resnet"
 R = SMALL_RESOLUTION
@@ -72,3 +74,38 @@ async def test_switch_variant_and_threads_under_load_with_zero_failures(server: 
     assert gauge(text, "ipa_active_variant", model=MODEL, variant=small) == 0
     assert gauge(text, "ipa_variant_switches_total", model=MODEL) == 4
     assert gauge(text, "ipa_requests_served_total", model=MODEL, variant=big) > 0
+
+
+def tiny_model(path: Path, resolution: int) -> Path:
+    """An ONNX model with the family's input name but another resolution: [N,3,r,r] -> [N,1000]."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    weight = numpy_helper.from_array(np.ones((3 * resolution * resolution, 1000), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["output"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, resolution, resolution])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1000])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
+async def test_switch_to_a_variant_with_another_signature_is_refused(
+    start_mlserver, variant_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    odd = tiny_model(tmp_path_factory.mktemp("odd") / "odd.onnx", R * 2)
+    variants = json.loads((variant_repo / MODEL / "model-settings.json").read_text())["parameters"]["extra"]["variants"]
+    repo = write_model_settings(variant_repo, MODEL, variants=[*variants, {"name": "odd", "uri": str(odd)}])
+    server = start_mlserver(repo)
+    async with V2Client(server.http_url) as client:
+        with pytest.raises(ControlError) as e:
+            await client.control(MODEL, variant="odd")
+        assert e.value.status == 422 and "queued requests could not be served" in e.value.reason
+        state = await client.control(MODEL)
+        assert state["variant"] == SMALL_VARIANTS[0] and state["switches"] == 0
+        assert (await client.infer(MODEL, np.zeros((1, 3, R, R), np.float32))).ok
+    server.stop()
