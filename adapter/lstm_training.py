@@ -1,7 +1,9 @@
 """Training IPA's LSTM load predictor offline, in plain numpy (backpropagation through time and Adam).
 
 The network is small (one layer, 25 units by default, 12 time steps), so numpy trains it on two weeks of the
-Twitter trace in a minute or two on one core, and no training framework is needed at all.
+Twitter trace in minutes (about 4 s an epoch on an idle 2-core machine), and no training framework is needed.
+Its matrices are tiny: on a busy machine `OPENBLAS_NUM_THREADS=1` trains several times faster than BLAS threads
+fighting over the cores.
 
     make_dataset(rates, …) -> (X, Y)          samples every `stride_s` seconds: inputs and targets divided by
                                               the input window's max (the model is scale-free)

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the LSTM predictor on a trace (plain numpy) and save its weights",
         description="Train IPA's LSTM (12 bins of the max over 10 s -> the max over the next 10/20/30/60 s) on a "
-        "window of a trace. Keep the windows you evaluate or experiment on out of the training window.",
+        "window of a trace. Keep the windows you evaluate or experiment on out of the training window. On a busy "
+        "machine, OPENBLAS_NUM_THREADS=1 makes it faster.",
     )
     add_trace_arguments(train)
     train.add_argument("--out", required=True, metavar="NPZ", help="where to write the weights (.npz)")
