@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from adapter.errors import UsageError
-from adapter.predict import PREDICTOR_NAMES, LoadPredictor, make_predictor
+from adapter.predict import PREDICTOR_NAMES
 from adapter.profile import load_graph_profiles
 from adapter.report import Summary, plot_frames, plot_tradeoff, summarize, write_frame, write_summary
 from adapter.simulator import SimResult, SimSettings, known_policies, simulate
@@ -77,9 +77,6 @@ def run_experiment(
     settings = settings or SimSettings()
     arrivals = arrival_times(trace, arrival_kind, seed=seed)
     budgets_ms = budgets(arrivals) if budgets is not None else None
-    counts = np.bincount(arrivals.astype(np.int64), minlength=len(trace)).astype(np.float64)[: len(trace)]
-    # One predictor for all policies; the oracle knows the arrivals every policy will see.
-    pred: LoadPredictor = make_predictor(predictor, trace=counts)
     title = title or f"{spec.name} on {trace.name}"
 
     bar = _progress(len(trace) * len(names), progress)
@@ -96,7 +93,7 @@ def run_experiment(
                     bar.update(now - done[0])
                 done[0] = now
 
-            result = simulate(spec, trace, name, predictor=pred, profiles=profiles, settings=settings, seed=seed,
+            result = simulate(spec, trace, name, predictor=predictor, profiles=profiles, settings=settings, seed=seed,
                               arrivals=arrivals, budgets_ms=budgets_ms, on_tick=advance)
             advance(float(len(trace)))
             write_frame(out / f"{name}.csv", result.frame)

@@ -147,7 +147,7 @@ def summarize(name: str, frame: Frame, spec: GraphSpec, latency_ms: np.ndarray |
     answered = float(np.nansum(served))
     mean_acc = float(np.nansum(acc * served) / answered) if acc is not None and answered > 0 else math.nan
     lo, hi = accuracy_range(spec)
-    norm = 100.0 * (mean_acc - lo) / (hi - lo) if hi > lo else 100.0
+    norm = round(100.0 * (mean_acc - lo) / (hi - lo), 9) + 0.0 if hi > lo else 100.0  # + 0.0: never "-0.0"
     cores = frame.get("cores", np.zeros_like(load))
     if latency_ms is not None:
         p99 = float(np.percentile(latency_ms, 99)) if len(latency_ms) else math.nan

@@ -28,23 +28,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from adapter.decision import Decision
-from adapter.predict import LoadPredictor, make_predictor
+from adapter.loop import AdaptationLoop, LoopSettings, LoopState, same_deployment
+from adapter.monitor import Observation, StageObservation
+from adapter.policies import POLICIES, PolicyConfig, PolicySettings
 from adapter.profile import Profile, load_graph_profiles
-from adapter.sim.engine import DROP_REASONS, Engine, Observation, SimSettings
+from adapter.sim.engine import DROP_REASONS, Counters, Engine, SimSettings
 from adapter.sim.metrics import Frame, TickRecord, build_frame
 from adapter.spec import GraphSpec
 from adapter.workload import Trace, arrival_times
 
-__all__ = ["AdapterStep", "Observation", "SimResult", "SimSettings", "known_policies", "policy_step", "simulate"]
+__all__ = ["AdapterStep", "SimResult", "SimSettings", "known_policies", "simulate"]
 
-AdapterStep = Callable[[float, np.ndarray, Observation], tuple[Decision, float]]
-"""One adapter run at time `now` given the per-second load history (oldest first, the last element the second
-that just ended) and what the monitor saw since the previous run: returns the decision and the predicted load."""
+AdapterStep = Callable[[float, Observation | None], tuple[Decision, float]]
+"""Anything that decides at time `now` from what the monitor saw (None at t=0): returns the decision and the
+load it was made for. `simulate` builds one around the adaptation loop for a named policy; passing one directly
+replays decisions made elsewhere (a recorded live run, a plan fixed in advance)."""
 
 
 @dataclass
@@ -57,21 +60,31 @@ class SimResult:
     latency_ms: np.ndarray
     """End-to-end latency of every answered request, in arrival order."""
     ticks: list[TickRecord]
-    """Every adapter run: time, predicted load, decision."""
+    """Every adapter run: time, predicted load, decision in force after it."""
     drops: dict[str, int]
     """Dropped requests by reason (deadline, overloaded, no-replica, unfinished)."""
-    wall_s: float
+    kept: list[str] = field(default_factory=list)
+    """Adapter runs that kept the decision in force instead of deciding, with why (policy errors)."""
+    wall_s: float = 0.0
     """Wall-clock seconds the run took (informational; never part of the results compared)."""
+    decide_s: float = 0.0
+    """Wall-clock seconds of it spent in the adaptation loop (predictor, policy, solver)."""
+
+
+def known_policies() -> list[str]:
+    """The policy names `simulate` accepts."""
+    return list(POLICIES)
 
 
 def simulate(
     spec: GraphSpec,
     trace: Trace | np.ndarray,
-    policy: str | AdapterStep,
+    policy: str | PolicySettings | AdapterStep,
     *,
-    predictor: str | LoadPredictor = "reactive",
+    predictor: str = "reactive",
     profiles: dict[str, Profile] | None = None,
     settings: SimSettings | None = None,
+    loop_settings: LoopSettings | None = None,
     seed: int = 0,
     arrival_kind: str = "poisson",
     arrivals: np.ndarray | None = None,
@@ -82,13 +95,13 @@ def simulate(
 ) -> SimResult:
     """Simulate `trace` (requests per second) through `spec` adapted by `policy`.
 
-    `policy`: a policy name (`adapter.policies.POLICIES`) or an `AdapterStep`. `predictor`: a name
-    (`adapter.predict.PREDICTOR_NAMES`; `oracle` is given the observed per-second arrivals) or a predictor.
-    `arrivals`: request times (sorted seconds) to use instead of drawing them from the trace, so several runs
-    share the very same requests. `budgets_ms`: per request, its end-to-end SLO (default `spec.slo_ms`).
-    `history`: per-second load before the trace starts (what the predictor sees at the first decisions; default
-    the first second's load). The initial deployment is the policy's decision at t=0, already running.
-    `on_tick(now)` is called after every adapter run (progress bars).
+    `policy`: a policy name (`known_policies()`), policy settings (`PolicySettings`, e.g. other weights), or an
+    `AdapterStep`. `predictor`: a predictor name (`adapter.predict.PREDICTOR_NAMES`; `oracle` knows the
+    per-second arrivals of this run). `arrivals`: request times (sorted seconds) instead of drawing them from the
+    trace, so several runs share the very same requests. `budgets_ms`: per request, its end-to-end SLO (default
+    `spec.slo_ms`; e.g. Sponge's dynamic SLOs). `history`: per-second load before the trace starts (what the
+    predictor sees first). The initial deployment is the policy's decision for the last interval of `history`
+    (else the first second's load), already running at t=0. `on_tick(now)` runs after every adapter run.
     """
     wall = time.perf_counter()
     settings = settings or SimSettings()
@@ -99,34 +112,39 @@ def simulate(
     arrivals = np.asarray(arrivals, dtype=np.float64)
     arrivals = arrivals[arrivals < duration]
     counts = np.bincount(arrivals.astype(np.int64), minlength=duration).astype(np.float64)[:duration]
-    past = np.asarray(history, dtype=np.float64) if history is not None and len(history) else counts[:1]
     slo_s = (np.full(arrivals.shape, spec.slo_ms) if budgets_ms is None else np.asarray(budgets_ms)) / 1000.0
-    budgets_s = slo_s - spec.network_ms / 1000.0
     profiles = profiles if profiles is not None else load_graph_profiles(spec)
-    if isinstance(policy, str):
-        pred = predictor if isinstance(predictor, LoadPredictor) else make_predictor(predictor, trace=counts)
-        step = policy_step(spec, profiles, policy, pred)
-        label = name or policy
-    else:
+    engine = Engine(spec, profiles, settings, seed)
+    monitor = _Monitor(spec, engine, counts)
+    kept: list[str] = []
+    if callable(policy):
         step = policy
         label = name or str(getattr(policy, "__name__", "policy"))
+    else:
+        policy_settings = policy if isinstance(policy, PolicySettings) else PolicySettings(policy=policy)
+        past = np.asarray(history, dtype=np.float64) if history is not None else np.empty(0)
+        start = float(past[-max(1, round(spec.interval_s)):].max()) if len(past) else float(counts[:1].max())
+        step = _loop_step(spec, profiles, policy_settings, predictor, engine, counts, past, start, loop_settings,
+                          kept)
+        label = name or policy_settings.policy
 
-    engine = Engine(spec, profiles, settings, seed)
     ticks: list[TickRecord] = []
+    decide_s = [0.0]
 
     def tick(now: float) -> None:
-        second = int(round(now))
-        seen = np.concatenate([past, counts[:second]]) if second else past
-        decision, predicted = step(now, seen, engine.observe())
-        engine.apply(decision, warm=not ticks)
+        t0 = time.perf_counter()
+        decision, predicted = step(now, monitor.observe(now) if ticks else None)
+        decide_s[0] += time.perf_counter() - t0
+        if not ticks or not same_deployment(decision, ticks[-1].decision):
+            engine.apply(decision, warm=not ticks)
         ticks.append(TickRecord(now, predicted, decision))
         if on_tick is not None:
             on_tick(now)
 
     tick(0.0)
     interval = spec.interval_s
-    tick_times = [k * interval for k in range(1, int(np.ceil(duration / interval))) if k * interval < duration]
-    engine.run(arrivals, budgets_s, tick, tick_times)
+    tick_times = [k * interval for k in range(1, int(np.ceil(duration / interval)) + 1) if k * interval < duration]
+    engine.run(arrivals, slo_s - spec.network_ms / 1000.0, tick, tick_times)
 
     finish = np.array(engine.finish)
     acc = np.array(engine.acc)
@@ -139,17 +157,65 @@ def simulate(
     served = np.isfinite(finish)
     latency_ms = (finish[served] - arrivals[served]) * 1000.0 + spec.network_ms
     reasons = np.bincount(np.array(engine.reason, dtype=np.int64), minlength=len(DROP_REASONS) + 1)
-    drops = {label_: int(reasons[code]) for code, label_ in DROP_REASONS.items()}
-    return SimResult(label, frame, latency_ms, ticks, drops, time.perf_counter() - wall)
+    drops = {why: int(reasons[code]) for code, why in DROP_REASONS.items()}
+    return SimResult(label, frame, latency_ms, ticks, drops, kept, time.perf_counter() - wall, decide_s[0])
 
 
-def policy_step(spec: GraphSpec, profiles: dict[str, Profile], policy: str, predictor: LoadPredictor) -> AdapterStep:
-    """The adapter's step for a named policy: predict the next interval's peak, then call the policy."""
-    raise NotImplementedError("waiting for adapter.policies")
+def _loop_step(
+    spec: GraphSpec, profiles: dict[str, Profile], policy: PolicySettings, predictor: str, engine: Engine,
+    counts: np.ndarray, past: np.ndarray, start_load: float, loop_settings: LoopSettings | None, kept: list[str],
+) -> AdapterStep:
+    """The live adapter's step (`adapter.loop.AdaptationLoop`) driven by the simulator's clock and monitor.
+
+    The policy's timer is the simulated clock, which stands still while a decision is taken: the solver's
+    wall-clock time limit never cuts a decision short, so a run does not depend on how busy the machine is.
+    """
+    config = PolicyConfig.create(spec, profiles, policy, timer=engine.clock)
+    loop = AdaptationLoop(config, predictor, settings=loop_settings, oracle_trace=counts)
+    state = LoopState(history=tuple(past.tolist()))
+    last = [start_load]
+
+    def step(now: float, observation: Observation | None) -> tuple[Decision, float]:
+        nonlocal state
+        if observation is None:
+            out, state = loop.initial(start_load, now, state=state)
+        else:
+            out, state = loop.step(state, observation, now)
+        if out.kept is not None:
+            kept.append(f"{now:g}s: {out.kept}")
+        state = loop.applied(state, ok=True)
+        if out.predicted_load_rps is not None:
+            last[0] = out.predicted_load_rps
+        return out.decision, last[0]
+
+    return step
 
 
-def known_policies() -> list[str]:
-    """The policy names `simulate` accepts."""
-    from adapter.policies import POLICIES
+class _Monitor:
+    """What the live monitor reads from /metrics, read from the engine's counters instead."""
 
-    return list(POLICIES)
+    def __init__(self, spec: GraphSpec, engine: Engine, counts: np.ndarray) -> None:
+        self.spec, self.engine, self.counts = spec, engine, counts
+        self.last: Counters = engine.counters()
+
+    def observe(self, now: float) -> Observation:
+        c, p = self.engine.counters(), self.last
+        self.last = c
+        window = max(now - p.at, 1e-9)
+        rates = tuple(self.counts[int(round(p.at)):int(round(now))].tolist())
+        latencies = self.engine.latency_log[p.answered:]
+        p99 = float(np.percentile(latencies, 99)) * 1000.0 + self.spec.network_ms if latencies else None
+        stages = tuple(
+            StageObservation(
+                name=st.name,
+                arrival_rps=(c.stage_arrivals[i] - p.stage_arrivals[i]) / window,
+                cpu_cores=(c.stage_cpu_s[i] - p.stage_cpu_s[i]) / window,
+                dropped=c.stage_dropped[i] - p.stage_dropped[i],
+            )
+            for i, st in enumerate(self.spec.stages)
+        )
+        arrived = c.stage_arrivals[0] - p.stage_arrivals[0]
+        return Observation(
+            at=now, window_s=window, load_rps=arrived / window, rates=rates, p99_ms=p99, requests=arrived,
+            dropped=c.dropped - p.dropped, deadline_misses=c.late - p.late, stages=stages,
+        )

@@ -4,8 +4,8 @@ is carried out with its reconfiguration costs.
 A `Replica` holds the runtime's own `DeadlineQueue` and batching policy (`mlserver_ipa.queueing`,
 `mlserver_ipa.batching`), the `ServiceTable` its batches are drawn from, and a service-time estimator with the
 runtime's rule (`ServiceTimes`: per (variant, cores) and batch rows an exponentially weighted average of the
-measured times, seeded at warm-up, a batch never estimated faster than a smaller one). Here every batch size up
-to the replica's is seeded (with the profile's mean), and in that case the rule is a running maximum over a
+measured busy times, seeded at warm-up, a batch never estimated faster than a smaller one). Here every batch size
+up to the replica's is seeded (with the profile's batch period), and in that case the rule is a running maximum over a
 list, so `Replica.estimate` is a list lookup; the runtime's general version interpolates and sorts on every
 call, which the planner does several times per batch (tests hold the two equal).
 
@@ -44,35 +44,35 @@ from mlserver_ipa.settings import OnLate
 class ServiceTable:
     """Service-time distributions of one (variant, cores) for batches of 1..n rows, built as they are asked for.
 
-    `occupancy[n]` is how long a batch keeps the replica busy relative to its latency: the profile's batch
-    period at saturation (`1000·b / throughput_rps`) over its mean latency. The replica can start its next batch
-    after `latency·occupancy` (the runtime overlaps codecs and HTTP of one batch with the compute of the next)
-    while the batch's answers go out after `latency`.
+    A batch's *latency* (when its answers go out) is drawn from the profile point's fit (`ServiceTime`); the
+    replica is *busy* with it for `latency · occupancy[n]`, where `occupancy[n] = period / mean latency` and
+    `period = 1000·b / throughput_rps` is the measured time per batch at saturation. The runtime overlaps the
+    codecs and HTTP of one batch with the compute of the next, so a replica sustains more than `b / latency`;
+    with this split the simulated replica sustains exactly the measured throughput while its requests see the
+    measured latencies. `busy[n]` (the period, seconds) is what the replica's service-time estimate starts from:
+    the runtime measures the compute of a batch, not the HTTP around it.
     """
 
-    __slots__ = ("_profile", "variant", "cores", "times", "occupancy", "means")
+    __slots__ = ("_profile", "variant", "cores", "times", "occupancy", "busy")
 
     def __init__(self, profile: Profile, variant: str, cores: float) -> None:
         self._profile, self.variant, self.cores = profile, variant, cores
         self.times: list[ServiceTime] = []
         self.occupancy: list[float] = []
-        self.means: list[float] = []
+        self.busy: list[float] = []
         self.extend(1)
 
     def extend(self, rows: int) -> None:
-        """Make sure batches of up to `rows` rows have a distribution (index = rows, index 0 unused)."""
+        """Make sure batches of up to `rows` rows have a distribution (index = rows; index 0 repeats 1)."""
         while len(self.times) <= rows:
             n = max(len(self.times), 1)
             p = self._profile.point(self.variant, n, self.cores)
             st = ServiceTime.fit(p.p50_ms, p.p99_ms, p.mean_ms)
-            period_ms = 1000.0 * n / p.throughput_rps if p.throughput_rps > 0 else p.mean_ms
-            if not self.times:  # index 0 mirrors 1 so that index == rows
+            period = n / p.throughput_rps if p.throughput_rps > 0 else st.mean
+            for _ in range(2 if not self.times else 1):
                 self.times.append(st)
-                self.occupancy.append(period_ms / p.mean_ms)
-                self.means.append(st.mean)
-            self.times.append(st)
-            self.occupancy.append(period_ms / p.mean_ms)
-            self.means.append(st.mean)
+                self.occupancy.append(period / st.mean)
+                self.busy.append(period)
 
 
 @dataclass(frozen=True)
@@ -125,13 +125,14 @@ class Replica:
         self.set_config(config, table)
 
     def set_config(self, config: ReplicaConfig, table: ServiceTable) -> None:
-        """Take a configuration into use; batch sizes it has not measured yet are seeded with the profile's mean."""
+        """Take a configuration into use; batch sizes it has not measured yet are seeded from the profile (as the
+        runtime's warm-up measures a new session before it serves)."""
         self.config, self.table = config, table
         self.policy = BatchPolicy(config.batch, config.max_batch_time, self.policy.on_late)
         table.extend(config.batch)
         known = self.known.setdefault(config.key, [0.0])
         while len(known) <= config.batch:
-            known.append(table.means[len(known)])
+            known.append(table.busy[len(known)])
         self._refresh(known)
 
     def observe(self, rows: int, seconds: float) -> None:

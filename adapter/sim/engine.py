@@ -63,18 +63,17 @@ class SimSettings:
     """Other replicas of the stage the router tries when one is overloaded (the router's `retries`)."""
 
 
-@dataclass
-class Observation:
-    """What the monitor saw since the previous adapter tick (the live adapter reads the same from /metrics)."""
+@dataclass(frozen=True)
+class Counters:
+    """Running totals the monitor differences between two adapter runs (as it does with /metrics counters)."""
 
-    window_s: float
-    arrivals: int
-    served: int
+    at: float
+    answered: int  # requests the last stage answered
     dropped: int
-    p99_ms: float
-    stage_arrivals: list[int]
-    stage_busy_s: list[float]  # replica-seconds spent serving batches, per stage
-    cores: float
+    late: int  # answered after their deadline
+    stage_arrivals: tuple[int, ...]
+    stage_dropped: tuple[int, ...]
+    stage_cpu_s: tuple[float, ...]  # core-seconds the stage's replicas spent serving batches
 
 
 class Engine:
@@ -103,9 +102,10 @@ class Engine:
         self.cores_log: list[tuple[float, float]] = [(0.0, 0.0)]
         self.latency_log: list[float] = []  # end-to-end seconds of served requests, in completion order
         self.drops = 0
+        self.late = 0
+        self.stage_drops = [0] * len(spec.stages)
         self.stage_arrivals = [0] * len(spec.stages)
-        self.stage_busy = [0.0] * len(spec.stages)
-        self._marks = (0.0, 0, 0, 0, [0] * len(spec.stages), [0.0] * len(spec.stages))
+        self.stage_cpu = [0.0] * len(spec.stages)
 
     # ------------------------------------------------------------------------------------------ scheduling
 
@@ -158,7 +158,7 @@ class Engine:
             ready_at = self.now
             for cfg in change.start:  # in the order of the empty slots of change.groups
                 r = Replica(next(self._ids), i, cfg, self._table(i, cfg), s.queue_limit, s.on_late,
-                            self._clock, s.ewma_alpha)
+                            self.clock, s.ewma_alpha)
                 started.append(r)
                 pool.members.append(r)
                 self._charge(cfg.cores)
@@ -188,7 +188,8 @@ class Engine:
             self._charge(cores - r.charged)
             r.charged = cores
 
-    def _clock(self) -> float:
+    def clock(self) -> float:
+        """The simulated time (what the replicas' queues and the policy's timer read)."""
         return self.now
 
     def _drain(self, r: Replica) -> None:
@@ -211,34 +212,35 @@ class Engine:
 
     # --------------------------------------------------------------------------------------------- requests
 
-    def _drop(self, rid: int, why: int) -> None:
+    def _drop(self, rid: int, why: int, stage: int) -> None:
         self.reason[rid] = why
         self.drops += 1
+        self.stage_drops[stage] += 1
 
     def _route(self, stage: int, rid: int) -> None:
         self.stage_arrivals[stage] += 1
         pool = self.pools[stage]
         r = pool.pick()
         if r is None:
-            self._drop(rid, NO_REPLICA)
+            self._drop(rid, NO_REPLICA, stage)
             return
         deadline = self.deadline[rid]
         now = self.now
         if self.settings.on_late == "drop":  # as the runtime's Batcher.submit
             start = r.busy_until if r.busy and r.busy_until > now else now
             if start + r.estimate(1) > deadline:
-                self._drop(rid, LATE)
+                self._drop(rid, LATE, stage)
                 return
         left = r.queue.push(rid, deadline=deadline)
         tries = 0
         while left is not None:  # the router sends an overloaded request to another replica of the stage
             if left.item != rid:
-                self._drop(left.item, OVERLOADED)  # a less urgent request was displaced
+                self._drop(left.item, OVERLOADED, stage)  # a less urgent request was displaced
                 break
             tries += 1
             r = self._other(pool, r) if tries <= self.settings.router_retries else None
             if r is None:
-                self._drop(rid, OVERLOADED)
+                self._drop(rid, OVERLOADED, stage)
                 return
             left = r.queue.push(rid, deadline=deadline)
         if not r.busy:
@@ -257,7 +259,7 @@ class Engine:
         now = self.now
         plan = plan_batch(r.queue, now, r.policy, r.estimate)
         for d in plan.dropped:
-            self._drop(d.entry.item, LATE)
+            self._drop(d.entry.item, LATE, r.stage)
         batch = plan.batch
         if batch:
             n = len(batch)
@@ -266,12 +268,12 @@ class Engine:
                 table.extend(n)
             latency = table.times[n].draw(self._normals.next())
             busy = latency * table.occupancy[n]
-            r.observe(n, latency)
+            r.observe(n, busy)  # the runtime times the compute of a batch
             r.busy = True
             r.busy_until = now + r.estimate(n)
             r.in_flight = n
             r.token += 1
-            self.stage_busy[r.stage] += busy
+            self.stage_cpu[r.stage] += busy * r.config.cores
             self.at(now + latency, DONE, (r, [e.item for e in batch], r.config.accuracy))
             self.at(now + busy, FREE, r)
         elif plan.wait_until is not None and plan.wait_until != r.timer_at:
@@ -291,8 +293,10 @@ class Engine:
             if last:
                 self.finish[rid] = now
                 self.latency_log.append(now - self.arrival[rid])
+                if now > deadline[rid]:
+                    self.late += 1
             elif now >= deadline[rid]:
-                self._drop(rid, LATE)  # the router answers 504 before the next stage
+                self._drop(rid, LATE, nxt)  # the router answers 504 before the next stage
             else:
                 self._route(nxt, rid)
 
@@ -367,21 +371,7 @@ class Engine:
             if self.reason[rid] == SERVED and self.finish[rid] != self.finish[rid]:
                 self.reason[rid] = UNFINISHED
 
-    def observe(self) -> Observation:
-        """What happened since the previous call: what the live monitor reads from the replicas' /metrics."""
-        since, n_lat, n_arr, n_drop, arrivals0, busy0 = self._marks
-        lat = self.latency_log[n_lat:]
-        p99 = float(np.percentile(lat, 99)) * 1000.0 if lat else 0.0
-        obs = Observation(
-            window_s=self.now - since,
-            arrivals=self.stage_arrivals[0] - arrivals0[0],
-            served=len(lat),
-            dropped=self.drops - n_drop,
-            p99_ms=p99,
-            stage_arrivals=[a - b for a, b in zip(self.stage_arrivals, arrivals0, strict=True)],
-            stage_busy_s=[a - b for a, b in zip(self.stage_busy, busy0, strict=True)],
-            cores=self.cores,
-        )
-        self._marks = (self.now, len(self.latency_log), n_arr, self.drops, list(self.stage_arrivals),
-                       list(self.stage_busy))
-        return obs
+    def counters(self) -> Counters:
+        """The running totals now (see `Counters`)."""
+        return Counters(self.now, len(self.latency_log), self.drops, self.late, tuple(self.stage_arrivals),
+                        tuple(self.stage_drops), tuple(self.stage_cpu))

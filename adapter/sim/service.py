@@ -11,15 +11,20 @@ then `m = (p99 − p50) / (e^{z99·σ} − 1)` and `shift = p50 − m`. A lognor
 service times have (a floor of fixed work plus a tail of interference and throttling).
 
 The right side rises from 0 to a peak of about 0.070 at `σ ≈ 1` (`SIGMA_PEAK`), falls, and rises again only for
-absurd `σ > 3` whose tails reach seconds. Measured points often have a larger `r`: the mean carries rare
-outliers beyond the p99. So `σ` is solved on the first branch only, `r` clamped to it, and the mean the body
-cannot carry goes into the 0.5 % of draws beyond the p99.5: each gets a constant `tail = deficit / 0.005` added
-(a pause, as a GC or a throttled period is; a constant keeps the worst draw bounded, unlike a growing tail, and
-starting above the p99 keeps the p99 continuous). The median, the p99 and the mean are then all the measured
-ones, so a simulated replica has the measured capacity. Where the mean is at or below
-the median `r` is clamped to a small positive value (nearly a normal body; the mean then ends slightly above the
-measured one). Where p99 equals p50 the time is constant. Draws are floored at `FLOOR_SHARE` of the median, so
-the rare far-left draw of a fit with a negative shift never produces a zero or negative service time.
+absurd `σ > 3` whose tails reach seconds. Measured points often have a larger `r` (few samples, CFS throttling
+that delays some requests by a period): so `σ` is solved on the first branch only, `r` clamped to it, and the
+mean the body cannot carry goes into the 0.5 % of draws beyond the p99.5, each getting a constant `tail` added (a
+pause, as a throttled period or a GC is). The tail is capped at `TAIL_CAP·(p99 − p50)`: a profile point of a few
+dozen samples is no evidence of second-long outliers, and one such draw would stall a simulated queue for
+longer than anything measured. The median and the p99 are always the measured ones; the mean is the measured
+one unless the cap binds, and then `mean` (the fitted mean, below the measured one) says what the draws average.
+Where the measured mean is at or below the median `r` is clamped to a small positive value (nearly a normal
+body; the mean then ends slightly above the measured one). Where p99 equals p50 the time is constant. Draws are
+floored at `FLOOR_SHARE` of the median, so the rare far-left draw of a fit with a negative shift never produces a
+zero or negative service time.
+
+The simulator keeps a replica's *capacity* at the measured throughput whatever this fit does: a batch occupies
+the replica for its drawn latency times `period / mean` (see `adapter.sim.cluster.ServiceTable`).
 
 Batch sizes between measured ones are interpolated linearly in each figure (latency grows close to linearly in
 the batch size on CPU).
@@ -37,6 +42,7 @@ Z99 = 2.3263478740408408  # standard normal 99th percentile
 FLOOR_SHARE = 0.2  # no draw below this share of the median
 _RATIO_MIN = 1e-3
 _TAIL_SHARE = 0.005  # draws that carry the outliers: those beyond the p99.5
+TAIL_CAP = 2.0  # the outliers' extra time is at most this many times the p50-p99 spread
 Z_TAIL = 2.5758293035489004  # standard normal 99.5th percentile
 
 
@@ -73,7 +79,7 @@ class ServiceTime:
     sigma: float
     tail: float
     floor: float
-    mean: float  # the measured mean (seconds), used where one expected value is needed
+    mean: float  # the mean of the draws (seconds): the measured mean unless the tail cap binds
 
     @classmethod
     def fit(cls, p50_ms: float, p99_ms: float, mean_ms: float) -> ServiceTime:
@@ -96,14 +102,15 @@ class ServiceTime:
         sigma = (lo + hi) / 2
         m = spread / math.expm1(Z99 * sigma)
         shift = p50_ms - m
-        deficit = mean_ms - _body_mean(shift, m, sigma)
+        body = _body_mean(shift, m, sigma)
+        tail = min(max(mean_ms - body, 0.0) / _TAIL_SHARE, TAIL_CAP * spread)
         return cls(
             shift=shift / 1000,
             m=m / 1000,
             sigma=sigma,
-            tail=max(deficit, 0.0) / _TAIL_SHARE / 1000,
+            tail=tail / 1000,
             floor=FLOOR_SHARE * p50_ms / 1000,
-            mean=mean_ms / 1000,
+            mean=(body + _TAIL_SHARE * tail) / 1000,
         )
 
     def draw(self, z: float) -> float:
