@@ -63,8 +63,8 @@ class _Bound:
         alpha: float,
         product: bool,
         tick: Callable[[], None],
-        points: int = 256,
-        theta_points: int = 24,
+        points: int = 128,
+        theta_points: int = 16,
     ) -> None:
         self.product = product and alpha > 0
         self.resource, self.alpha, self.points = resource, alpha, points

@@ -59,8 +59,8 @@ def random_problem(
     return Problem(
         stages=tuple(tables),
         load_rps=round(load, 3),
-        slo_ms=round(mid_lat * rng.uniform(0.8, 4.0) + 10.0 * stages, 3),
-        budget_cores=round(need_cores * rng.uniform(0.7, 3.0), 2),
+        slo_ms=round(mid_lat * rng.uniform(0.5, 4.0) + 10.0 * stages, 3),
+        budget_cores=round(need_cores * rng.uniform(0.4, 3.0), 2),
         weights=Weights(
             alpha=1.0,
             beta=rng.uniform(0.001, 0.03),
