@@ -1,0 +1,100 @@
+"""The profiler against a real replica (`mlserver start` with the variant runtime, in a real CPU cgroup):
+rows are written, a rerun skips them, latency grows with batch and falls with cores, and the cgroup and the
+server are gone afterwards, also when the run is interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapter.cli import main
+from adapter.profile import Profile
+from adapter.profiler import ProfilerSettings, profile_graph
+from adapter.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "build" / "models"  # `make models` builds the demo families there; built here if missing
+VARIANT = "resnet152"  # compute-bound: its batch time dwarfs the per-request HTTP and codec overhead
+FAST = ProfilerSettings(duration_s=1.0, warmup_s=0.5, min_batches=2, max_extend=3.0)
+
+
+def write_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "graph.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: tiny
+        slo_ms: 500
+        budget_cores: 2
+        stages:
+          - name: classifier
+            family: resnet
+            variants: [{{name: {VARIANT}, accuracy: 78.31}}]
+            profile: prof.csv
+        """))
+    return path
+
+
+def our_groups() -> list[Path]:
+    """CPU cgroups this test process created (named ipa-<our pid>-...), on either hierarchy."""
+    roots = [Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")]
+    return [g for r in roots if r.is_dir() for g in r.rglob(f"ipa-{os.getpid()}-*") if g.is_dir()]
+
+
+async def test_profile_tiny_grid_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = write_spec(tmp_path)
+    spec = load_spec(spec_path)
+    written = await profile_graph(spec, variants=[VARIANT], batches=[1, 4], cores=[0.25, 1.0], settings=FAST,
+                                  models_dir=MODELS, progress=False)
+    assert written == [tmp_path / "prof.csv"]
+    prof = Profile.load(tmp_path / "prof.csv")
+    assert {(p.batch, p.cores) for p in prof.points} == {(1, 0.25), (4, 0.25), (1, 1.0), (4, 1.0)}
+    for p in prof.points:
+        assert p.variant == VARIANT and p.stage == "resnet" and p.samples > 0 and p.throughput_rps > 0
+        assert p.p99_ms >= p.p50_ms > 0 and p.machine.endswith((":cgroup-v1", ":cgroup-v2", ":affinity"))
+
+    def mean(b: int, c: float) -> float:
+        return prof.point(VARIANT, b, c).mean_ms
+
+    # Ratios within one run (the machine is shared, absolute times are not comparable across runs).
+    assert mean(4, 1.0) > 1.5 * mean(1, 1.0), prof.points
+    assert mean(4, 0.25) > 1.5 * mean(1, 0.25), prof.points
+    if not prof.points[0].machine.endswith(":affinity"):  # whole cores only without a cgroup
+        assert mean(1, 0.25) > 2.0 * mean(1, 1.0), prof.points
+        assert prof.point(VARIANT, 4, 1.0).throughput_rps > 2.0 * prof.point(VARIANT, 4, 0.25).throughput_rps
+    assert our_groups() == []
+
+    # A rerun measures nothing: the points are in the file (this time through the command line).
+    before = (tmp_path / "prof.csv").read_text()
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["profile", str(spec_path), "--variants", VARIANT, "--batch", "1", "4",
+                                          "--cores", "0.25", "1", "--models", str(MODELS), "--no-progress"])
+    assert code == 0
+    assert "every point is measured already" in capsys.readouterr().err
+    assert (tmp_path / "prof.csv").read_text() == before
+
+
+async def test_interrupted_profile_leaves_no_server_and_no_cgroup(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path))
+    slow = ProfilerSettings(duration_s=60.0, warmup_s=0.5)
+    task = asyncio.create_task(profile_graph(spec, variants=[VARIANT], batches=[1], cores=[0.5], settings=slow,
+                                             models_dir=MODELS, progress=False))
+    for _ in range(600):  # until the replica is up and in its group
+        await asyncio.sleep(0.1)
+        groups = our_groups()
+        if groups and (groups[0] / "cgroup.procs").read_text().split():
+            break
+    else:
+        task.cancel()
+        pytest.fail("the profiler's replica never appeared in a cgroup")
+    pids = [int(x) for x in (groups[0] / "cgroup.procs").read_text().split()]
+    await asyncio.sleep(2.0)  # measuring now
+    task.cancel()  # what Ctrl-C does to `asyncio.run`
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert our_groups() == []
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not (tmp_path / "prof.csv").exists()  # nothing half-measured was written
