@@ -40,9 +40,14 @@ def guarded(policy: Policy) -> Policy:
     return run
 
 
-def _problem(decision: Decision, config: PolicyConfig, grid: dict[str, list[float]]) -> Problem:
+def _problem(decision: Decision, config: PolicyConfig, stages: list[StageDecision]) -> Problem:
+    """The problem at the decision's load and SLO, over just the variants and core sizes it uses."""
     return config.catalog.problem(
-        decision.load_rps, slo_ms=decision.slo_ms or config.slo_ms, weights=config.weights, core_grid=grid
+        decision.load_rps,
+        slo_ms=decision.slo_ms or config.slo_ms,
+        weights=config.weights,
+        core_grid={s.name: sorted({g.cores for g in s.replicas}) for s in stages},
+        variants={s.name: sorted({g.variant for g in s.replicas}) for s in stages},
     )
 
 
@@ -50,8 +55,7 @@ def rejudge(
     decision: Decision, config: PolicyConfig, stages: list[StageDecision], notes: list[str]
 ) -> Decision:
     """The decision made of `stages`, judged again at the decision's load and SLO."""
-    grid = {s.name: sorted({g.cores for g in s.replicas}) for s in stages}
-    p = _problem(decision, config, grid)
+    p = _problem(decision, config, stages)
     groups = []
     for spec_stage, s in zip(config.spec.stages, stages, strict=True):
         groups.append(

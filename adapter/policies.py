@@ -158,13 +158,18 @@ class PolicyConfig:
         return max(1.0, self.slo_ms - context.network_delay_ms) if dynamic else self.slo_ms
 
     def problem(
-        self, context: PolicyContext, core_grid: Mapping[str, Sequence[float]] | None = None
+        self,
+        context: PolicyContext,
+        core_grid: Mapping[str, Sequence[float]] | None = None,
+        variants: Mapping[str, Sequence[str]] | None = None,
     ) -> Problem:
+        """The problem of this interval; `core_grid`/`variants` narrow (or widen) the option tables per stage."""
         return self.catalog.problem(
             context.predicted_load_rps,
             slo_ms=self.slo_for(context),
             weights=self.weights,
             core_grid=core_grid,
+            variants=variants,
         )
 
 
@@ -237,11 +242,9 @@ def infadapter(
 def sponge(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
     spec = config.spec
     grid = {s.name: _step_grid(s.cores[0], s.cores[-1], spec.cpu_step) for s in spec.stages}
-    p = config.problem(context, core_grid=grid)
-    rs = []
-    for s in spec.stages:
-        fixed = s.static_config()
-        rs.append(Restriction(variants=(fixed.variant,), replicas=min(fixed.replicas, s.max_replicas)))
+    variants = {s.name: (s.static_config().variant,) for s in spec.stages}
+    p = config.problem(context, core_grid=grid, variants=variants)
+    rs = [Restriction(replicas=min(s.static_config().replicas, s.max_replicas)) for s in spec.stages]
     return _solve(config, p, rs, "sponge"), state
 
 
@@ -254,12 +257,13 @@ def _step_grid(low: float, high: float, step: float) -> tuple[float, ...]:
 
 def _fa2(which: Literal["low", "high"]) -> Policy:
     def fa2(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
-        p = config.problem(context)
-        rs = []
-        for s in config.spec.stages:
-            pick = min if which == "low" else max
-            variant = pick(s.variants, key=lambda v: v.accuracy).name
-            rs.append(Restriction(variants=(variant,), cores_by_variant=_ipa_cores(config, p, s, [variant])))
+        pick = min if which == "low" else max
+        variants = {s.name: (pick(s.variants, key=lambda v: v.accuracy).name,) for s in config.spec.stages}
+        p = config.problem(context, variants=variants)
+        rs = [
+            Restriction(cores_by_variant=_ipa_cores(config, p, s, variants[s.name]))
+            for s in config.spec.stages
+        ]
         return _solve(config, p, rs, f"fa2-{which}"), state
 
     fa2.__name__ = f"fa2_{which}"
@@ -316,7 +320,7 @@ def vpa(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tup
         grid[st.name] = (cores,)
         batch = f.batch if f.batch in st.batch_sizes else st.batch_sizes[0]
         groups.append((st, f.variant, batch, cores, min(f.replicas, st.max_replicas)))
-    p = config.problem(context, core_grid=grid)
+    p = config.problem(context, core_grid=grid, variants={st.name: (v,) for st, v, _, _, _ in groups})
     fixed = [[Group(config.catalog.option(st, v, b, c), n, p.load_rps)] for st, v, b, c, n in groups]
     elapsed = (config.timer() - start) * 1000
     return assess(p, fixed, policy="vpa", solve_time_ms=elapsed, notes=notes), state
@@ -329,7 +333,7 @@ def static(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> 
         f = st.static_config()
         grid[st.name] = (f.cores,)
         fixed.append((st, f))
-    p = config.problem(context, core_grid=grid)
+    p = config.problem(context, core_grid=grid, variants={st.name: (f.variant,) for st, f in fixed})
     groups = [
         [Group(config.catalog.option(st, f.variant, f.batch, f.cores), f.replicas, p.load_rps)]
         for st, f in fixed

@@ -72,6 +72,7 @@ class OptionColumns:
     cores: np.ndarray
     batch: np.ndarray
     accuracy: np.ndarray  # percent
+    variant: np.ndarray  # names (object array)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,38 @@ class StageTable:
             cores=np.array([o.cores for o in self.options], dtype=float),
             batch=np.array([o.batch for o in self.options], dtype=float),
             accuracy=np.array([o.accuracy for o in self.options], dtype=float),
+            variant=np.array([o.variant for o in self.options], dtype=object),
         )
+
+    @cached_property
+    def defect(self) -> tuple[str, str] | None:
+        """The first invalid option field and why (checked once per table; tables are immutable)."""
+        c = self.columns
+        with np.errstate(invalid="ignore"):
+            fine = (
+                np.isfinite(c.accuracy).all()
+                and ((c.accuracy > 0) & (c.accuracy <= 100)).all()
+                and (c.batch >= 1).all()
+                and all(np.isfinite(x).all() and (x > 0).all() for x in (c.cores, c.p99, c.throughput))
+                and len({(o.variant, o.accuracy) for o in self.options})
+                == len({o.variant for o in self.options})
+            )
+        if fine:
+            return None
+        accuracy: dict[str, float] = {}
+        for j, o in enumerate(self.options):
+            at = f"options[{j}]"
+            if not (_finite(o.accuracy) and 0 < o.accuracy <= 100):
+                return f"{at}.accuracy", f"must be in (0, 100] (got {o.accuracy})"
+            if accuracy.setdefault(o.variant, o.accuracy) != o.accuracy:
+                return f"{at}.accuracy", f"variant {o.variant!r} has two accuracies"
+            if o.batch < 1:
+                return f"{at}.batch", f"must be >= 1 (got {o.batch})"
+            for name in ("cores", "p99_ms", "throughput_rps"):
+                x = getattr(o, name)
+                if not (_finite(x) and x > 0):
+                    return f"{at}.{name}", f"must be > 0 (got {x})"
+        return None
 
     def variants(self) -> list[tuple[str, float]]:
         """(variant, accuracy) pairs in table order, each once."""
@@ -200,27 +232,9 @@ def _validate(p: Problem) -> None:
             f"{where}.max_batch_time_ms",
             f"must be >= 0 (got {s.max_batch_time_ms})",
         )
-        accuracy: dict[str, float] = {}
-        for j, o in enumerate(s.options):
-            at = f"{where}.options[{j}]"
-            _check(
-                _finite(o.accuracy) and 0 < o.accuracy <= 100,
-                f"{at}.accuracy",
-                f"must be in (0, 100] (got {o.accuracy})",
-            )
-            _check(
-                accuracy.setdefault(o.variant, o.accuracy) == o.accuracy,
-                f"{at}.accuracy",
-                f"variant {o.variant!r} has two accuracies",
-            )
-            _check(o.batch >= 1, f"{at}.batch", f"must be >= 1 (got {o.batch})")
-            _check(_finite(o.cores) and o.cores > 0, f"{at}.cores", f"must be > 0 (got {o.cores})")
-            _check(_finite(o.p99_ms) and o.p99_ms > 0, f"{at}.p99_ms", f"must be > 0 (got {o.p99_ms})")
-            _check(
-                _finite(o.throughput_rps) and o.throughput_rps > 0,
-                f"{at}.throughput_rps",
-                f"must be > 0 (got {o.throughput_rps})",
-            )
+        defect = s.defect
+        if defect is not None:
+            raise ProblemError(f"{where}.{defect[0]}", defect[1])
 
 
 class Catalog:
@@ -236,6 +250,7 @@ class Catalog:
         self.spec = spec
         self.profiles = dict(profiles)
         self._points: dict[tuple[str, str, int, float], Option] = {}
+        self._tables: dict[tuple[object, ...], StageTable] = {}
 
     def option(self, stage: StageSpec, variant: str, batch: int, cores: float) -> Option:
         """The option at (variant, batch, cores), measured or interpolated by the stage's profile."""
@@ -265,14 +280,16 @@ class Catalog:
         variants: Sequence[str] | None = None,
     ) -> StageTable:
         """The option table of a stage over its configured grid, or over the given cores/batches/variants."""
-        names = list(variants) if variants is not None else [v.name for v in stage.variants]
-        options = tuple(
-            self.option(stage, v, b, c)
-            for v in names
-            for b in (batches if batches is not None else stage.batch_sizes)
-            for c in (cores if cores is not None else stage.cores)
-        )
-        return StageTable(stage.name, options, stage.max_replicas, stage.max_batch_time_ms)
+        names = tuple(variants) if variants is not None else tuple(v.name for v in stage.variants)
+        bs = tuple(batches) if batches is not None else tuple(stage.batch_sizes)
+        cs = tuple(cores) if cores is not None else tuple(stage.cores)
+        key = (stage.name, names, bs, cs)
+        table = self._tables.get(key)
+        if table is None:
+            options = tuple(self.option(stage, v, b, c) for v in names for b in bs for c in cs)
+            table = StageTable(stage.name, options, stage.max_replicas, stage.max_batch_time_ms)
+            self._tables[key] = table
+        return table
 
     def problem(
         self,
@@ -281,11 +298,12 @@ class Catalog:
         slo_ms: float | None = None,
         weights: Weights | None = None,
         core_grid: Mapping[str, Sequence[float]] | None = None,
+        variants: Mapping[str, Sequence[str]] | None = None,
     ) -> Problem:
-        """The problem for one interval: the spec's grid (or `core_grid` per stage) at `load_rps`."""
+        """The problem for one interval at `load_rps`: the spec's grid, or per stage the given cores/variants."""
         spec = self.spec
-        grid = core_grid or {}
-        tables = tuple(self.table(s, cores=grid.get(s.name)) for s in spec.stages)
+        grid, names = core_grid or {}, variants or {}
+        tables = tuple(self.table(s, cores=grid.get(s.name), variants=names.get(s.name)) for s in spec.stages)
         return Problem(
             stages=tables,
             load_rps=load_rps,

@@ -100,7 +100,7 @@ def problems(draw: st.DrawFn, max_stages: int = 4, max_variants: int = 4) -> Pro
     )
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_exact_and_mip_agree_and_meet_every_constraint(problem: Problem) -> None:
     exact = solve(problem, solver="exact", max_seconds=30)

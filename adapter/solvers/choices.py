@@ -60,9 +60,21 @@ class Restriction:
 
     def mask(self, stage: StageTable) -> np.ndarray:
         """Which rows of the stage's option table the restriction allows."""
-        if self == FREE:
-            return np.ones(len(stage.options), dtype=bool)
-        return np.array([self.allows(o) for o in stage.options], dtype=bool)
+        col = stage.columns
+        ok = np.ones(len(stage.options), dtype=bool)
+        if self.variants is not None:
+            ok &= np.isin(col.variant, list(self.variants))
+        if self.batches is not None:
+            ok &= np.isin(col.batch, list(self.batches))
+        if self.cores is not None:
+            ok &= np.isclose(col.cores[:, None], np.asarray(self.cores)[None, :], rtol=1e-9, atol=0).any(
+                axis=1
+            )
+        if self.cores_by_variant is not None:
+            want = dict(self.cores_by_variant)
+            target = np.array([want.get(v, np.nan) for v in col.variant], dtype=float)
+            ok &= np.isclose(col.cores, target, rtol=1e-9, atol=0)
+        return ok
 
     def allows(self, o: Option) -> bool:
         if self.variants is not None and o.variant not in self.variants:
@@ -189,12 +201,8 @@ def candidates(problem: Problem, index: int, restriction: Restriction = FREE) ->
         load * cores / thr,
     )
     if restriction.max_variants > 1 and load > 0:
-        table = _with_splits(
-            problem,
-            table,
-            [stage.options[i] for i in np.nonzero(restriction.mask(stage))[0]],
-            restriction.max_variants,
-        )
+        allowed = [stage.options[i] for i in np.nonzero(restriction.mask(stage))[0]]
+        table = _with_splits(problem, table, allowed, restriction.max_variants)
     return table
 
 

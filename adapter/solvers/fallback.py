@@ -49,9 +49,13 @@ def diagnose(problem: Problem, restrictions: Sequence[Restriction], tables: Sequ
     )
 
 
-def fallback(problem: Problem, restrictions: Sequence[Restriction], tables: Sequence[StageChoices]) -> list[Config]:
+def fallback(
+    problem: Problem, restrictions: Sequence[Restriction], tables: Sequence[StageChoices]
+) -> list[Config]:
     """The degraded configuration (see the module docstring)."""
-    slo_fails = all(len(t) for t in tables) and sum(float(t.latency.min()) for t in tables) > problem.latency_limit_ms
+    slo_fails = (
+        all(len(t) for t in tables) and sum(float(t.latency.min()) for t in tables) > problem.latency_limit_ms
+    )
     need = problem.required_rps
     choices: list[list[Option]] = []
     fixed: list[int | None] = []
@@ -71,7 +75,9 @@ def fallback(problem: Problem, restrictions: Sequence[Restriction], tables: Sequ
     picks = [max(c, key=lambda o: (o.throughput_rps / o.cores, -o.p99_ms)) for c in choices]
     counts = [n if n is not None else 1 for n in fixed]
     spent = sum(o.cores * n for o, n in zip(picks, counts, strict=True))
-    while need > 0:  # grow the stage with the least capacity for its load, the cheapest way, within the budget
+    while (
+        need > 0
+    ):  # grow the stage with the least capacity for its load, the cheapest way, within the budget
         ratios = [(counts[i] * picks[i].throughput_rps / need, i) for i in range(len(picks))]
         ratio, i = min(ratios)
         if ratio >= 1.0:
