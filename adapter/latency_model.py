@@ -26,7 +26,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -80,12 +81,29 @@ class Fit:
     n: int
     r2: float
     max_rel_error: float  # worst |pred − meas| / meas over the fitted points
-    cv_max_rel_error: float  # the same, each point predicted by a fit without it (leave-one-out); nan if n < 3
+    points: tuple[tuple[float, float, float], ...] = field(repr=False)  # (batch, cores, value) fitted
+
+    @cached_property
+    def cv_max_rel_error(self) -> float:
+        """The worst relative error predicting each point from a fit without it (leave-one-out); nan if n < 3.
+
+        Computed on first use: it takes n more fits, which the optimizer asking for points does not need.
+        """
+        if self.n < 3:
+            return math.nan
+        b, c, v = (np.array(x) for x in zip(*self.points, strict=True))
+        errs = []
+        for i in range(self.n):
+            m = np.arange(self.n) != i
+            held = _solve(b[m], c[m], v[m])
+            errs.append(abs(held(b[i], c[i]) - v[i]) / v[i])
+        return float(max(errs))
 
     @property
     def error(self) -> float:
         """The error this fit reports for unmeasured points: the leave-one-out figure when there is one."""
-        return self.max_rel_error if math.isnan(self.cv_max_rel_error) else self.cv_max_rel_error
+        cv = self.cv_max_rel_error
+        return self.max_rel_error if math.isnan(cv) else cv
 
 
 def nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -134,15 +152,8 @@ def fit_latency(batch: Sequence[float], cores: Sequence[float], value: Sequence[
     ss_res = float(np.sum((v - pred) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
     max_rel = float(np.max(np.abs(pred - v) / v))
-    cv = math.nan
-    if len(v) >= 3:
-        errs = []
-        for i in range(len(v)):
-            m = np.arange(len(v)) != i
-            held = _solve(b[m], c[m], v[m])
-            errs.append(abs(held(b[i], c[i]) - v[i]) / v[i])
-        cv = float(max(errs))
-    return Fit(model=model, n=len(v), r2=r2, max_rel_error=max_rel, cv_max_rel_error=cv)
+    points = tuple((float(x), float(y), float(z)) for x, y, z in zip(b, c, v, strict=True))
+    return Fit(model=model, n=len(v), r2=r2, max_rel_error=max_rel, points=points)
 
 
 @dataclass(frozen=True)
