@@ -19,7 +19,7 @@ restart. Then, per point:
      oversubscribed closed loop's queueing (about one extra batch time per request) is an artefact of the way
      we saturate the replica, not a property of the point, so it is left out. `p50_ms`, `p99_ms`, `mean_ms`
      are over the requests that started and ended inside the window; `samples` is how many.
-   A server that returns no `queue_ms` gets the full client-side latency (and the docstring's caveat).
+   A server that returns no `queue_ms` gets the full client-side latency, with a warning.
 3. The point is appended to the CSV at once (atomic rewrite), so a run can stop at any time and resume: points
    already in the file are skipped unless `force`.
 
@@ -38,9 +38,7 @@ encoded on MLServer's single event-loop thread, which more onnxruntime threads d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -48,19 +46,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import orjson
 from tqdm import tqdm
 
 from adapter.cgroups import detect_cpu_controller
+from adapter.closed_loop import LoadResult, drive_load, percentile, request_body
 from adapter.errors import SpecError, UsageError
-from adapter.executors.local_replica import ReplicaConfig, ReplicaProcess
+from adapter.executors.local_replica import ReplicaConfig, ReplicaProcess, stage_template
 from adapter.profile import Profile, ProfilePoint
 from adapter.spec import GraphSpec, StageSpec
 
@@ -124,157 +121,6 @@ def machine_label(limit_kind: str) -> str:
     return f"{model}-{n}c:{limit_kind}"
 
 
-# -- the request -------------------------------------------------------------------------------------------
-
-_DTYPES = {1: ("FP32", np.float32), 11: ("FP64", np.float64), 7: ("INT64", np.int64), 6: ("INT32", np.int32)}
-
-
-def request_body(onnx_path: Path, seed: int = 0) -> bytes:
-    """One V2 request (JSON) carrying one item for every input of the model, random data, fixed seed.
-
-    The first dimension is the batch (one item per request; the runtime batches requests); any other
-    symbolic dimension cannot be guessed, so it is an error.
-    """
-    import onnx  # heavy; only the profiler needs it
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    rng = np.random.default_rng(seed)
-    inputs = []
-    for inp in model.graph.input:
-        if inp.name in init:
-            continue
-        t = inp.type.tensor_type
-        if t.elem_type not in _DTYPES:
-            raise ProfilerError(f"{onnx_path}: input {inp.name}: element type {t.elem_type} is not supported")
-        dims = []
-        for k, d in enumerate(t.shape.dim):
-            if k == 0:
-                dims.append(1)
-            elif d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            else:
-                raise ProfilerError(f"{onnx_path}: input {inp.name}: dimension {k} is symbolic ({d.dim_param})")
-        name, dtype = _DTYPES[t.elem_type]
-        data = rng.standard_normal(dims).astype(dtype) if name.startswith("FP") else np.zeros(dims, dtype)
-        inputs.append({"name": inp.name, "shape": dims, "datatype": name, "data": data.ravel().tolist()})
-    return orjson.dumps({"inputs": inputs})
-
-
-# -- the load ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadResult:
-    """What one measuring window saw."""
-
-    window_s: float
-    completed: int  # requests that finished inside the window
-    latencies_ms: list[float]  # per request that started and finished inside it, queue wait excluded
-    batches: int  # distinct batch ids among those requests
-    errors: list[str] = field(default_factory=list)
-    queue_reported: bool = True
-
-    @property
-    def throughput_rps(self) -> float:
-        return self.completed / self.window_s if self.window_s > 0 else 0.0
-
-
-async def drive_load(
-    client: httpx.AsyncClient,
-    url: str,
-    body: bytes,
-    concurrency: int,
-    settings: ProfilerSettings,
-    batch: int,
-    clock: Callable[[], float] = time.perf_counter,
-) -> LoadResult:
-    """Closed-loop load: warm up, then measure one window (see the module doc)."""
-    start = clock()
-    window_start = start + settings.warmup_s
-    min_end = window_start + settings.duration_s
-    max_end = window_start + settings.duration_s * settings.max_extend
-    window_end: float | None = None  # set once the window closes
-    latencies: list[float] = []
-    finished: list[float] = []
-    batch_ids: set[Any] = set()
-    errors: list[str] = []
-    no_queue = False
-
-    def enough(now: float) -> bool:
-        if now >= max_end:
-            return True
-        return now >= min_end and len(batch_ids) >= settings.min_batches
-
-    async def worker() -> None:
-        nonlocal window_end, no_queue
-        while window_end is None:
-            t0 = clock()
-            try:
-                resp = await client.post(url, content=body, headers={"content-type": "application/json"})
-            except httpx.HTTPError as e:
-                errors.append(f"{type(e).__name__}: {e}")
-                await asyncio.sleep(0.05)
-                continue
-            t1 = clock()
-            if resp.status_code != 200:
-                errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                continue
-            if window_end is not None and t1 > window_end:
-                break
-            if t1 >= window_start:
-                finished.append(t1)
-            if t0 >= window_start:
-                queue, batch_id = served_by(resp.content)
-                if queue is None:
-                    no_queue = True
-                    queue = 0.0
-                latencies.append(max(1000.0 * (t1 - t0) - queue, 0.0))
-                batch_ids.add(batch_id if batch_id is not None else len(latencies) // max(batch, 1))
-            if window_end is None and enough(t1):
-                window_end = t1
-            if len(errors) > 20:
-                break
-
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    end = window_end if window_end is not None else clock()
-    return LoadResult(
-        window_s=max(end - window_start, 1e-9),
-        completed=sum(1 for t in finished if t <= end),
-        latencies_ms=latencies,
-        batches=len(batch_ids),
-        errors=errors,
-        queue_reported=not no_queue,
-    )
-
-
-_QUEUE_MS = re.compile(rb'"queue_ms"\s*:\s*(-?[0-9.eE+-]+)')
-_BATCH_ID = re.compile(rb'"batch_id"\s*:\s*(-?[0-9]+)')
-
-
-def served_by(body: bytes) -> tuple[float | None, int | None]:
-    """`queue_ms` and `batch_id` from a V2 response's parameters.
-
-    Found by a byte search rather than by parsing: a detector's answer is a megabyte of JSON numbers, and
-    the load generator shares the machine with the replica it measures, so it reads only what it needs
-    (the two keys occur nowhere else in a V2 response: tensor data are numbers, names are ours).
-    """
-    q = _QUEUE_MS.search(body)
-    b = _BATCH_ID.search(body)
-    try:
-        return (float(q.group(1)) if q else None, int(b.group(1)) if b else None)
-    except ValueError:
-        params = orjson.loads(body).get("parameters") or {}
-        queue, batch_id = params.get("queue_ms"), params.get("batch_id")
-        return (float(queue) if queue is not None else None, int(batch_id) if batch_id is not None else None)
-
-
 def summarise(stage: str, point: GridPoint, result: LoadResult, machine: str) -> ProfilePoint:
     """The profile row of one measured window."""
     lat = sorted(result.latencies_ms)
@@ -294,11 +140,6 @@ def summarise(stage: str, point: GridPoint, result: LoadResult, machine: str) ->
     )
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile by linear interpolation (numpy's default), of already sorted values."""
-    return float(np.percentile(np.asarray(sorted_values), q))
-
-
 def describe_grid(points: Iterable[GridPoint]) -> str:
     pts = list(points)
     return (
@@ -313,42 +154,21 @@ def describe_grid(points: Iterable[GridPoint]) -> str:
 LIMIT_NAMES = {"cgroup1": "cgroup-v1", "cgroup2": "cgroup-v2", "affinity": "affinity"}
 
 
-@dataclass(frozen=True)
-class StageModels:
-    """What a replica of the stage serves: its model-settings.json (variant URIs absolute) and ONNX files."""
-
-    template: dict[str, Any]
-    onnx: dict[str, Path]
-
-
-def prepare_models(spec: GraphSpec, stage: StageSpec, models_dir: Path) -> StageModels:
-    """The stage's variants as a model-settings template: the user's ONNX files (`model:`), or the demo family,
-    built into `models_dir/<family>` with `mlserver_ipa.zoo` when it is not there yet."""
+def prepare_models(spec: GraphSpec, stage: StageSpec, models_dir: Path) -> dict[str, Any]:
+    """The stage's model-settings template (variant URIs absolute): the user's ONNX files (`model:`), or the demo
+    family, built into `models_dir/<family>` with `mlserver_ipa.zoo` when it is not there or out of date."""
     i = spec.stages.index(stage)
-    where = str(spec.source or "<spec>")
-    if all(v.model for v in stage.variants):
-        base = spec.source.parent if spec.source is not None else Path.cwd()
-        onnx = {v.name: (base / str(v.model)).resolve() for v in stage.variants}
+    if stage.family is None or all(v.model for v in stage.variants):
         for j, v in enumerate(stage.variants):
-            if not onnx[v.name].is_file():
-                raise SpecError(where, f"stages[{i}].variants[{j}].model", f"no such file: {onnx[v.name]}")
-        template = {
-            "name": stage.name,
-            "implementation": "mlserver_ipa.runtime.VariantRuntime",
-            "parameters": {"extra": {"variants": [
-                {"name": v.name, "uri": str(onnx[v.name]), "accuracy": v.accuracy} for v in stage.variants
-            ]}},
-        }
-        return StageModels(template, onnx)
-    if stage.family is None:
-        raise SpecError(where, f"stages[{i}]", "no demo `family` and not every variant has a `model` (ONNX file) "
-                        "to profile")
+            if not v.model:
+                raise SpecError(str(spec.source or "<spec>"), f"stages[{i}].variants[{j}].model",
+                                "no ONNX file, and the stage has no demo `family`: set `model:` to profile it")
+        return stage_template(spec, stage, None)
     from mlserver_ipa import zoo  # builds ONNX graphs: imported only when a family is needed
 
     if stage.family not in zoo.FAMILIES:
-        raise SpecError(where, f"stages[{i}].family", f"unknown demo family {stage.family!r}; known: "
-                        f"{', '.join(sorted(zoo.FAMILIES))}")
-    out = models_dir / stage.family
+        raise SpecError(str(spec.source or "<spec>"), f"stages[{i}].family",
+                        f"unknown demo family {stage.family!r}; known: {', '.join(sorted(zoo.FAMILIES))}")
 
     def report(built: zoo.BuiltVariant) -> None:
         if built.rebuilt:
@@ -356,31 +176,10 @@ def prepare_models(spec: GraphSpec, stage: StageSpec, models_dir: Path) -> Stage
 
     # Idempotent: files built from the same parameters are kept, so this is quick once the family is there.
     try:
-        zoo.build_repository(stage.family, out, progress=report)
+        repo = zoo.build_repository(stage.family, models_dir / stage.family, progress=report)
     except zoo.BuildArgumentError as e:
-        raise SpecError(where, f"stages[{i}].family", str(e)) from None
-    found = _read_repository(out / zoo.FAMILIES[stage.family].name)
-    missing = sorted({v.name for v in stage.variants} - set(found.onnx if found else {}))
-    if found is None or missing:
-        raise SpecError(where, f"stages[{i}].variants", f"not in the {stage.family} family: {', '.join(missing)}")
-    return found
-
-
-def _read_repository(out: Path) -> StageModels | None:
-    """The model-settings.json in a built model folder, variant URIs made absolute; None if not built."""
-    settings = sorted(out.glob("model-settings.json"))
-    if not settings:
-        return None
-    ms = json.loads(settings[0].read_text())
-    extra = ms.get("parameters", {}).get("extra", {})
-    onnx = {}
-    for v in extra.get("variants", []):
-        uri = (settings[0].parent / v["uri"]).resolve()
-        v["uri"] = str(uri)
-        onnx[v["name"]] = uri
-    if not all(p.is_file() for p in onnx.values()):
-        return None
-    return StageModels(ms, onnx)
+        raise SpecError(str(spec.source or "<spec>"), f"stages[{i}].family", str(e)) from None
+    return stage_template(spec, stage, repo / zoo.FAMILIES[stage.family].name)
 
 
 async def profile_graph(
@@ -435,7 +234,8 @@ async def profile_stage(
     if not todo:
         print(f"{path}: every point is measured already (--force measures again)", file=sys.stderr)
         return profile
-    models = prepare_models(spec, stage, models_dir)
+    template = prepare_models(spec, stage, models_dir)
+    onnx = {v["name"]: Path(v["uri"]) for v in template["parameters"]["extra"]["variants"]}
     bodies: dict[str, bytes] = {}
     controller = detect_cpu_controller()
     controller.remove_stale()
@@ -446,7 +246,7 @@ async def profile_stage(
     first = todo[0]
     folder = Path(tempfile.mkdtemp(prefix="ipa-profile-"))
     replica = ReplicaProcess(
-        id=f"profile-{stage.name}", model=stage.name, folder=folder, template=models.template,
+        id=f"profile-{stage.name}", model=stage.name, folder=folder, template=template,
         config=ReplicaConfig(first.variant, first.batch, first.cores, settings.max_batch_time_ms),
         controller=controller,
     )
@@ -467,10 +267,12 @@ async def profile_stage(
                     ReplicaConfig(point.variant, point.batch, point.cores, settings.max_batch_time_ms)
                 )
                 if point.variant not in bodies:
-                    bodies[point.variant] = request_body(models.onnx[point.variant])
+                    bodies[point.variant] = request_body(onnx[point.variant])
                 result = await drive_load(
                     client, f"/v2/models/{stage.name}/infer", bodies[point.variant],
-                    settings.load_factor * point.batch, settings, point.batch,
+                    settings.load_factor * point.batch, point.batch, warmup_s=settings.warmup_s,
+                    duration_s=settings.duration_s, min_batches=settings.min_batches,
+                    max_extend=settings.max_extend,
                 )
                 if result.errors:
                     raise ProfilerError(f"{point}: {len(result.errors)} requests failed, first: {result.errors[0]}"

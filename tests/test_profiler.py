@@ -98,3 +98,21 @@ async def test_interrupted_profile_leaves_no_server_and_no_cgroup(tmp_path: Path
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert not (tmp_path / "prof.csv").exists()  # nothing half-measured was written
+
+
+def test_plan_skips_measured_points_unless_forced() -> None:
+    from adapter.profile import ProfilePoint
+    from adapter.profiler import GridPoint, plan
+
+    done = Profile([ProfilePoint("s", "a", 1, 0.5, 1, 2, 1, 10, 5, "m")])
+    assert plan(done, ["a"], [1, 2], [0.5]) == [GridPoint("a", 2, 0.5)]
+    assert plan(done, ["a"], [1, 2], [0.5], force=True) == [GridPoint("a", 1, 0.5), GridPoint("a", 2, 0.5)]
+
+
+def test_served_by_reads_the_runtime_parameters() -> None:
+    from adapter.closed_loop import served_by
+
+    body = b'{"model_name":"m","outputs":[{"name":"output","data":[1.5,2e-3]}],' \
+           b'"parameters":{"queue_ms":12.25,"batch_id":7,"variant":"v"}}'
+    assert served_by(body) == (12.25, 7)
+    assert served_by(b'{"outputs":[]}') == (None, None)
