@@ -38,6 +38,7 @@ encoded on MLServer's single event-loop thread, which more onnxruntime threads d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -253,6 +254,7 @@ async def profile_stage(
     bar = tqdm(total=len(todo), unit="pt", desc=stage.name, disable=not progress, dynamic_ncols=True)
     started = time.monotonic()
     warned = False
+    done = 0
     niceness = _favour_self()
     try:
         await replica.start()
@@ -285,11 +287,16 @@ async def profile_stage(
                 profile.add(row, replace=True)
                 profile.save(path)
                 bar.update()
+                done = n
                 if not progress:
                     left = (time.monotonic() - started) / n * (len(todo) - n)
                     print(f"[{n}/{len(todo)}] {point}: p50 {row.p50_ms:.1f} p99 {row.p99_ms:.1f} mean "
                           f"{row.mean_ms:.1f} ms, {row.throughput_rps:.1f} rps, {row.samples} samples; "
                           f"about {left / 60:.1f} min left", file=sys.stderr, flush=True)
+    except asyncio.CancelledError:
+        print(f"\n{path}: stopped with {done} of {len(todo)} points measured; run the same command again to "
+              "measure the rest", file=sys.stderr)
+        raise
     finally:
         bar.close()
         await replica.stop()
