@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from adapter.problem import TOLERANCE, AccuracyMode, Option, Problem, StageTable, Weights
+from adapter.problem import TOLERANCE, AccuracyMode, Option, Problem, ProblemError, StageTable, Weights
 from adapter.solvers.pareto import nondominated
 
 
@@ -91,6 +91,9 @@ class Restriction:
 
 
 FREE = Restriction()
+
+# Bound on the partial splits `_with_splits` enumerates (two variants never get near it: options × replicas).
+MAX_SPLIT_PREFIXES = 50_000
 
 
 def evaluate(problem: Problem, stage: StageTable, groups: Sequence[Group]) -> Config:
@@ -239,6 +242,12 @@ def _with_splits(problem: Problem, base: StageChoices, opts: list[Option], k: in
                 n_last = max(1, math.ceil((need - covered) / o.throughput_rps * (1.0 - TOLERANCE)))
                 for n in range(1, min(n_last, stage.max_replicas - used)):
                     grown.append((*groups, Group(o, n, n * o.throughput_rps / per)))
+            if len(grown) > MAX_SPLIT_PREFIXES:
+                raise ProblemError(
+                    "max_variants",
+                    f"stage {stage.name}: splitting over {k} variants gives more than {MAX_SPLIT_PREFIXES} "
+                    "partial splits to enumerate; use max_variants 2 or fewer core choices/replicas",
+                )
         prefixes = grown
         rows.append(grown)
     every_prefix = [p for level in rows for p in level]
