@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODELS := build/models
 
-.PHONY: install models demo test lint typecheck clean
+.PHONY: install models models-yolo profiles demo test lint typecheck clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,18 @@ models: $(MODELS)/resnet/.built
 $(MODELS)/resnet/.built: $(VENV)/.installed $(wildcard mlserver_ipa/zoo/*.py)
 	$(BIN)/ipa models build --family resnet --out $(MODELS)/resnet
 	touch $@
+
+# The detector family, for the video-monitoring pipeline (`ipa up` also builds it when missing).
+models-yolo: $(MODELS)/yolo/.built
+
+$(MODELS)/yolo/.built: $(VENV)/.installed $(wildcard mlserver_ipa/zoo/*.py)
+	$(BIN)/ipa models build --family yolo --out $(MODELS)/yolo
+	touch $@
+
+# Re-measure the shipped profiles on this machine (about 15 minutes on 2 cores; resumable).
+profiles: models models-yolo
+	$(BIN)/ipa profile inference_graphs/video-monitoring.yaml --batch 1 2 4 8 --cores 0.25 0.5 1 1.5 2 --duration 3
+	$(BIN)/ipa profile import-infadapter ../shared/data/reference/infadapter_resnet_capacity.csv --out profiles/infadapter-resnet.csv
 
 lint: install
 	$(BIN)/ruff check mlserver_ipa adapter tests benchmarks
