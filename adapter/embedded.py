@@ -37,7 +37,8 @@ from adapter.monitor_prometheus import PrometheusSettings, PrometheusSource
 from adapter.policies import PolicyConfig, PolicySettings
 from adapter.service import AdapterService, AdapterSettings, DecisionRecord
 from adapter.spec import GraphSpec
-from mlserver_ipa.router import PipelineRouter, serve
+from mlserver_ipa.router import PipelineRouter
+from mlserver_ipa.router import create_app as create_router_app
 
 UP_FILE = "up.json"
 
@@ -101,19 +102,29 @@ def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str]
     return repos
 
 
+KEEP_ALIVE_S = 75.0
+"""How long the servers keep an idle client connection open: longer than clients keep theirs (httpx: 5 s), so
+that a client never sends a request on a connection the server is closing at that moment (uvicorn's default,
+5 s, races httpx's and loses a request now and then under changing load)."""
+
+
 @contextlib.asynccontextmanager
 async def serve_app(app: FastAPI, host: str, port: int) -> AsyncIterator[str]:
     """Serve `app` in the running event loop; yields its base URL; stops on exit."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                           access_log=False))
-    task = asyncio.create_task(server.serve())
+                                           access_log=False, timeout_keep_alive=int(KEEP_ALIVE_S)))
+    async def run() -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn exits the process when it cannot bind: not here
+            await server.serve()
+
+    task = asyncio.create_task(run())
     try:
         while not server.started:
             if task.done():
                 task.result()
-                raise UsageError(f"the adapter API could not listen on {host}:{port}")
+                raise UsageError(f"could not listen on {host}:{port} (is the port in use? --port/--adapter-port)")
             await asyncio.sleep(0.02)
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         yield f"http://{host}:{bound}"
@@ -168,7 +179,8 @@ class EmbeddedPipeline:
         repos = {} if s.dry_run else await asyncio.to_thread(build_models, spec, s, self.progress)
 
         router = PipelineRouter(spec.name, [st.name for st in spec.stages])
-        self.router_url = await self._stack.enter_async_context(serve(router, s.host, s.port))
+        self._stack.push_async_callback(router.aclose)
+        self.router_url = await self._stack.enter_async_context(serve_app(create_router_app(router), s.host, s.port))
         executor: Executor
         if s.dry_run:
             executor = DryRunExecutor()

@@ -95,18 +95,21 @@ class AdaptationLoop:
     def __init__(
         self,
         config: PolicyConfig,
-        predictor: str = "reactive",
+        predictor: str | LoadPredictor = "reactive",
         *,
         settings: LoopSettings | None = None,
         oracle_trace: np.ndarray | None = None,
     ) -> None:
-        """`config`: spec, profiles and the default policy settings; `predictor`: the default predictor name;
-        `oracle_trace`: the whole per-second load, only for the `oracle` predictor (simulations)."""
+        """`config`: spec, profiles and the default policy settings; `predictor`: the default predictor, by name
+        or built; `oracle_trace`: the whole per-second load, only for the `oracle` predictor (simulations)."""
         self.config = config
-        self.predictor = predictor
         self.settings = settings or LoopSettings()
         self._oracle_trace = oracle_trace
         self._predictors: dict[str, LoadPredictor] = {}
+        if isinstance(predictor, LoadPredictor):
+            self._predictors[predictor.name] = predictor
+            predictor = predictor.name
+        self.predictor: str = predictor
         self.predictor_for(predictor)  # fail now, not at the first interval, on a bad name
 
     @property

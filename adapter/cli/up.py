@@ -134,12 +134,17 @@ def banner(up: EmbeddedPipeline) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process its parent has not reaped yet (a zombie) has stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        # /proc/<pid>/stat: "pid (comm) state ...", comm may hold spaces: the state follows the last ')'
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
     return True
 
 
