@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -34,72 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import numpy as np
 import uvloop
+from serving_harness import LoadClient, Server, process_cpu_seconds
 
 from mlserver_ipa.session import VariantSession
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = Path(__file__).resolve().parent
 
 
-# -- servers ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`mlserver start` on loopback, free ports, own process group, pinned to `cpus`."""
-
-    def __init__(self, repo: Path, cpus: set[int] | None, log: Path) -> None:
-        repo = repo.resolve()
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        settings = {"parallel_workers": 0, "host": "127.0.0.1", "http_port": self.http_port,
-                    "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
-        (repo / "settings.json").write_text(json.dumps(settings))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
-
-        def child_setup() -> None:
-            os.setsid()
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "mlserver"), "start", str(repo)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=repo, preexec_fn=child_setup,
-            )
-        self.url = f"http://127.0.0.1:{self.http_port}"
-
-    def wait_ready(self, models: list[str], timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlserver exited: {self.log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                index = httpx.post(f"{self.url}/v2/repository/index", json={}, timeout=2).json()
-                if {m["name"] for m in index if m.get("state") == "READY"} >= set(models):
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"mlserver not ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+# -- models -------------------------------------------------------------------------------------------------
 
 
 def build_model(out: Path, variant: str, resolution: int) -> Path:
@@ -142,6 +83,8 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    cpu_ms: float = float("nan")
+    """CPU time the server process spent per image (all its threads): what it costs, whatever else runs."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -159,16 +102,18 @@ def raw_floor(onnx: Path, batch: int, threads: int, seconds: float, cpus: set[in
         for _ in range(3):
             session.run_sync(feeds)
         latencies: list[float] = []
+        cpu0 = time.process_time()
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
             session.run_sync(feeds)
             latencies.append((time.perf_counter() - t0) * 1000)
+        cpu = time.process_time() - cpu0
     finally:
         os.sched_setaffinity(0, before)
     total = sum(latencies) / 1000
     return Point("onnxruntime (floor)", batch, 1, batch * len(latencies) / total,
-                 percentile(latencies, 50), percentile(latencies, 99))
+                 percentile(latencies, 50), percentile(latencies, 99), cpu_ms=1000 * cpu / (batch * len(latencies)))
 
 
 def request_body(image: np.ndarray, **parameters: Any) -> bytes:
@@ -179,35 +124,6 @@ def request_body(image: np.ndarray, **parameters: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-class LoadClient:
-    """The load generator's HTTP side: aiohttp on uvloop, bodies encoded once, answers read but not decoded.
-
-    (The project's `V2Client` decodes every answer into numpy; here the client must cost as little CPU as
-    possible so that it measures the servers, not itself.)
-    """
-
-    def __init__(self, url: str, connections: int, timeout: float) -> None:
-        self._session = aiohttp.ClientSession(
-            base_url=url, connector=aiohttp.TCPConnector(limit=connections),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        )
-
-    async def __aenter__(self) -> LoadClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._session.close()
-
-    async def post(self, path: str, body: bytes) -> int:
-        """HTTP status of one inference request; 0 when no answer came."""
-        try:
-            async with self._session.post(path, data=body, headers={"content-type": "application/json"}) as r:
-                await r.read()
-                return r.status
-        except (aiohttp.ClientError, TimeoutError):
-            return 0
-
-
 @dataclass
 class Samples:
     """Closed-loop observations of one system at one batch size, summed over rounds."""
@@ -215,31 +131,44 @@ class Samples:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     errors: int = 0
+    cpu_seconds: float = 0.0
+    cpu_images: int = 0
 
     def point(self, system: str, batch: int, concurrency: int) -> Point:
         return Point(system, batch, concurrency, len(self.latencies) / self.seconds if self.seconds else 0.0,
-                     percentile(self.latencies, 50), percentile(self.latencies, 99), self.errors)
+                     percentile(self.latencies, 50), percentile(self.latencies, 99), self.errors,
+                     1000 * self.cpu_seconds / self.cpu_images if self.cpu_images else float("nan"))
 
 
 async def closed_loop(url: str, model: str, body: bytes, concurrency: int, seconds: float, warmup: float,
-                      into: Samples) -> None:
+                      into: Samples, pid: int) -> None:
     """`concurrency` clients, each sending its next request when the last is answered; adds to `into`."""
     path = f"/v2/models/{model}/infer"
     async with LoadClient(url, concurrency, timeout=60) as client:
         start = time.perf_counter()
         measure_from, end = start + warmup, start + warmup + seconds
+        answered = 0
 
         async def worker() -> None:
+            nonlocal answered
             while (now := time.perf_counter()) < end:
                 status = await client.post(path, body)
                 done = time.perf_counter()
+                answered += status == 200
                 if now >= measure_from:
                     if status == 200:
                         into.latencies.append((done - now) * 1000)
                     else:
                         into.errors += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def cpu_window() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            cpu0, n0 = process_cpu_seconds(pid), answered
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            into.cpu_seconds += process_cpu_seconds(pid) - cpu0
+            into.cpu_images += answered - n0
+
+        await asyncio.gather(cpu_window(), *(worker() for _ in range(concurrency)))
     into.seconds += seconds
 
 
@@ -309,10 +238,11 @@ async def open_loop(url: str, model: str, schedule: list[tuple[float, str]], bod
 
 
 def print_points(points: list[Point]) -> None:
-    print(f"{'system':<22}{'batch':>6}{'conc':>6}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'system':<22}{'batch':>6}{'conc':>6}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'CPU ms/img':>12}")
     for p in points:
         print(f"{p.system:<22}{p.batch:>6}{p.concurrency:>6}{p.rps:>10.1f}{p.p50_ms:>9.1f}{p.p99_ms:>9.1f}"
-              f"{p.errors:>8}")
+              f"{p.errors:>8}{p.cpu_ms:>12.2f}")
 
 
 def print_overload(results: list[OverloadResult], classes: dict[str, float]) -> None:
@@ -338,14 +268,14 @@ def main() -> int:
     parser.add_argument("--variant", default="resnet50", help="ResNet variant of the demo zoo (default resnet50)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batches", default="1,4,8")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per closed-loop point and round")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per closed-loop point and round")
     parser.add_argument("--warmup", type=float, default=1.5)
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=4,
                         help="repeat every measurement, alternating which server goes first (drift cancels)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch-time-ms", type=float, default=5.0)
     parser.add_argument("--overload-batch", type=int, default=4)
-    parser.add_argument("--overload-seconds", type=float, default=16.0, help="seconds of overload per round")
+    parser.add_argument("--overload-seconds", type=float, default=10.0, help="seconds of overload per round")
     parser.add_argument("--server-cpus", default="1", help="CPUs both servers are pinned to ('' = no pinning)")
     parser.add_argument("--client-cpus", default="0", help="CPUs this client is pinned to ('' = no pinning)")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench" / "runtime")
@@ -390,10 +320,11 @@ def main() -> int:
             floors[b] = raw_floor(onnx, b, args.threads, args.seconds, server_cpus, image)
             set_batch(b)
             samples = {"stock MLServer": Samples(), "this runtime": Samples()}
-            runs = [("stock MLServer", stock.url, f"stock-b{b}"), ("this runtime", ours.url, "ipa")]
+            runs = [("stock MLServer", stock, f"stock-b{b}"), ("this runtime", ours, "ipa")]
             for r in range(args.rounds):
-                for system, url, model in runs if r % 2 == 0 else runs[::-1]:
-                    uvloop.run(closed_loop(url, model, body, conc, args.seconds, args.warmup, samples[system]))
+                for system, server, model in runs if r % 2 == 0 else runs[::-1]:
+                    uvloop.run(closed_loop(server.url, model, body, conc, args.seconds, args.warmup,
+                                           samples[system], server.process.pid))
             new = [floors[b], *(samples[s].point(s, b, conc) for s in samples)]
             print_points(new)
             points += new
@@ -406,6 +337,13 @@ def main() -> int:
             ratios[b] = o.rps / s.rps if s.rps else float("inf")
         print("throughput this runtime / stock MLServer: "
               + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items()) + "  (target >= 0.95x)")
+        cpu_ratios = {}
+        for b in batches:
+            s = next(p for p in points if p.system == "stock MLServer" and p.batch == b)
+            o = next(p for p in points if p.system == "this runtime" and p.batch == b)
+            cpu_ratios[b] = s.cpu_ms / o.cpu_ms if o.cpu_ms else float("nan")
+        print("images per CPU second this runtime / stock MLServer (insensitive to other load on the machine): "
+              + ", ".join(f"batch {b}: {r:.2f}x" for b, r in cpu_ratios.items()))
 
         # Overload: capacity is the better of the two systems at the overload batch size in this run; deadlines
         # are multiples of the time onnxruntime alone takes for one full batch.
@@ -415,13 +353,13 @@ def main() -> int:
         classes = {"tight": 3 * full_batch_ms, "medium": 8 * full_batch_ms, "loose": 20 * full_batch_ms}
         bodies = {c: request_body(image, deadline_ms=ms) for c, ms in classes.items()}
         set_batch(ob)
-        results = {"this runtime": OverloadResult("this runtime", 0, 0), "stock MLServer": OverloadResult("stock MLServer", 0, 0)}
-        runs = [("this runtime", ours.url, "ipa"), ("stock MLServer", stock.url, f"stock-b{ob}")]
+        results = {name: OverloadResult(name, 0, 0) for name in ("this runtime", "stock MLServer")}
+        overload_runs = [("this runtime", ours.url, "ipa"), ("stock MLServer", stock.url, f"stock-b{ob}")]
         total = 0
         for r in range(args.rounds):
             schedule = overload_schedule(capacity, args.overload_seconds, classes, args.seed + r)
             total += len(schedule)
-            for system, url, model in runs if r % 2 == 0 else runs[::-1]:
+            for system, url, model in overload_runs if r % 2 == 0 else overload_runs[::-1]:
                 results[system].add(uvloop.run(open_loop(url, model, schedule, bodies, classes, system)))
                 time.sleep(2.0)  # let a backlog drain before the other system runs
         print(f"\nBursty overload: batch {ob}, {args.rounds} x {args.overload_seconds:.0f} s, capacity {capacity:.0f} "
@@ -434,7 +372,7 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps({
                 "args": {k: str(v) for k, v in vars(args).items()},
-                "points": [asdict(p) for p in points], "throughput_ratio": ratios,
+                "points": [asdict(p) for p in points], "throughput_ratio": ratios, "cpu_efficiency_ratio": cpu_ratios,
                 "overload": [{**asdict(r), "share": r.share} for r in results.values()], "share_ratio": share_ratio,
                 "classes_ms": classes, "capacity": capacity,
             }, indent=2))

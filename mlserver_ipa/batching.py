@@ -44,7 +44,12 @@ class BatchPolicy:
 
 
 class ServiceTimes:
-    """Measured service time per (configuration, batch rows): an exponentially weighted moving average.
+    """Measured service time per (configuration, batch rows), for deadline decisions.
+
+    Per batch size it keeps an exponentially weighted mean and mean deviation (as TCP does for round-trip
+    times) and estimates `mean + deviations * deviation`: on a machine whose speed varies (other processes,
+    the event loop parsing a burst of requests), a request is admitted only if it makes its deadline in all
+    but the slow tail of batches, rather than on average.
 
     A configuration is whatever changes the speed (here: variant and thread count). Estimates come from a
     curve through the batch sizes measured at least `min_samples` times (or seeded by a warm-up), made
@@ -54,31 +59,34 @@ class ServiceTimes:
     measured yet means 0: no request is rejected on a guess.
     """
 
-    def __init__(self, alpha: float = 0.2, min_samples: int = 3) -> None:
+    def __init__(self, alpha: float = 0.2, min_samples: int = 3, deviations: float = 2.0) -> None:
         self.alpha = alpha
         self.min_samples = min_samples
-        self._table: dict[Hashable, dict[int, tuple[float, int]]] = {}
+        self.deviations = deviations
+        self._table: dict[Hashable, dict[int, tuple[float, float, int]]] = {}
         self._curves: dict[Hashable, list[tuple[int, float]]] = {}
 
     def observe(self, config: Hashable, rows: int, seconds: float) -> None:
         known = self._table.setdefault(config, {})
-        old, n = known.get(rows, (seconds, 0))
-        known[rows] = (old + self.alpha * (seconds - old), n + 1)
+        mean, dev, n = known.get(rows, (seconds, 0.0, 0))
+        dev += self.alpha * (abs(seconds - mean) - dev)
+        mean += self.alpha * (seconds - mean)
+        known[rows] = (mean, dev, n + 1)
         self._curves.pop(config, None)
 
     def seed(self, config: Hashable, rows: int, seconds: float) -> None:
         """Set the estimate outright and trust it (warm-up measurements of a new session)."""
-        self._table.setdefault(config, {})[rows] = (seconds, self.min_samples)
+        self._table.setdefault(config, {})[rows] = (seconds, 0.0, self.min_samples)
         self._curves.pop(config, None)
 
     def table(self, config: Hashable) -> dict[int, float]:
-        """The raw averages by batch rows."""
-        return {r: v for r, (v, _) in sorted(self._table.get(config, {}).items())}
+        """The mean by batch rows, as measured."""
+        return {r: mean for r, (mean, _, _) in sorted(self._table.get(config, {}).items())}
 
     def _curve(self, config: Hashable) -> list[tuple[int, float]]:
         curve = self._curves.get(config)
         if curve is None:
-            known = self._table.get(config, {})
+            known = {r: (mean + self.deviations * dev, n) for r, (mean, dev, n) in self._table.get(config, {}).items()}
             points = sorted((r, v) for r, (v, n) in known.items() if n >= self.min_samples) or sorted(
                 (r, v) for r, (v, _) in known.items()
             )

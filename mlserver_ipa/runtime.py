@@ -95,7 +95,7 @@ class VariantRuntime(MLModel):
         self._folder = Path(source).parent if source else Path.cwd()
         self._clock = time.monotonic
         self._sessions = SessionHolder()
-        self._times = ServiceTimes(self.config.ewma_alpha)
+        self._times = ServiceTimes(self.config.ewma_alpha, deviations=self.config.service_time_deviations)
         self._queue: DeadlineQueue[Pending] = DeadlineQueue(self.config.queue_limit, self._clock)
         self._batcher = Batcher(
             self._queue,

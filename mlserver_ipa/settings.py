@@ -65,6 +65,9 @@ class RuntimeSettings(BaseModel):
     """Most rows (first dimension) one request may carry; larger requests get HTTP 413."""
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
     """Weight of the newest measurement in the service-time average per (variant, threads, batch)."""
+    service_time_deviations: float = Field(default=2.0, ge=0)
+    """Mean deviations of the measured service time added to its average when judging deadlines: 0 judges on
+    the average batch, 2 (default) also on most slow ones, so fewer requests are admitted and then served late."""
 
     @model_validator(mode="after")
     def _check_variants(self) -> RuntimeSettings:

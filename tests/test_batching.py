@@ -155,7 +155,7 @@ def test_priority_class_fills_the_batch_before_earlier_deadlines_of_lower_classe
 
 
 def test_service_times_ewma_and_estimates() -> None:
-    times = ServiceTimes(alpha=0.5, min_samples=2)
+    times = ServiceTimes(alpha=0.5, min_samples=2, deviations=0)
     assert times.estimate("v", 4) == 0.0  # nothing measured: never reject on a guess
     times.observe("v", 1, 0.010)
     assert times.estimate("v", 1) == pytest.approx(0.010)  # untrusted, but all there is
@@ -178,7 +178,7 @@ def test_a_larger_batch_is_never_estimated_faster_than_a_smaller_one() -> None:
 
 
 def test_a_batch_size_seen_rarely_does_not_bend_the_curve() -> None:
-    times = ServiceTimes(min_samples=3)
+    times = ServiceTimes(min_samples=3, deviations=0)
     times.seed("v", 1, 0.010)
     times.seed("v", 4, 0.025)
     times.observe("v", 2, 0.200)  # one slow outlier (another process took the CPU)
@@ -186,6 +186,20 @@ def test_a_batch_size_seen_rarely_does_not_bend_the_curve() -> None:
     for _ in range(20):
         times.observe("v", 2, 0.014)
     assert times.estimate("v", 2) == pytest.approx(0.014, rel=0.25)  # trusted now; the EWMA forgot the outlier
+
+
+def test_estimates_add_the_measured_spread_so_deadlines_hold_in_slow_batches_too() -> None:
+    times = ServiceTimes(alpha=0.5, deviations=2.0)
+    times.seed("v", 1, 0.010)
+    assert times.estimate("v", 1) == pytest.approx(0.010)  # a warm-up has no spread yet
+    for seconds in (0.010, 0.020, 0.010, 0.020):
+        times.observe("v", 1, seconds)
+    mean, spread = times.table("v")[1], times.estimate("v", 1) - times.table("v")[1]
+    assert 0.010 < mean < 0.020 and spread > 0.005  # noisy: admit only what also fits a slow batch
+    steady = ServiceTimes(alpha=0.5, deviations=2.0)
+    for _ in range(10):
+        steady.observe("v", 1, 0.010)
+    assert steady.estimate("v", 1) == pytest.approx(0.010)  # steady: no margin needed
 
 
 # -- Batcher.submit: admission in virtual time ---------------------------------------------------------------
