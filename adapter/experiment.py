@@ -58,11 +58,13 @@ def run_experiment(
     progress: bool = True,
     on_result: Callable[[SimResult], None] | None = None,
     budgets: Callable[[np.ndarray], np.ndarray] | None = None,
+    history: np.ndarray | None = None,
 ) -> list[Summary]:
     """Run every policy on `trace`, write the results folder, return the summaries in policy order.
 
     `budgets(arrival_times) -> ms`: per-request SLOs (e.g. `DynamicSLO(...).deadlines_ms`, Sponge's dynamic SLOs);
-    default the graph's `slo_ms` for every request.
+    default the graph's `slo_ms` for every request. `history`: the per-second load before the trace (what the
+    predictors see first; see `simulate`).
     """
     names = check_policies(policies)
     if predictor not in PREDICTOR_NAMES:
@@ -94,7 +96,8 @@ def run_experiment(
                 done[0] = now
 
             result = simulate(spec, trace, name, predictor=predictor, profiles=profiles, settings=settings, seed=seed,
-                              arrivals=arrivals, budgets_ms=budgets_ms, on_tick=advance)
+                              arrivals=arrivals, budgets_ms=budgets_ms, history=history,
+                              on_tick=advance)
             advance(float(len(trace)))
             write_frame(out / f"{name}.csv", result.frame)
             frames[name] = result.frame
@@ -120,6 +123,7 @@ def run_experiment(
         "seed": seed,
         "arrivals": arrival_kind,
         "dynamic_slo": budgets is not None,
+        "history_s": 0 if history is None else len(history),
         "slo_ms": spec.slo_ms,
         "interval_s": spec.interval_s,
         "objective": spec.objective.model_dump(),

@@ -257,18 +257,31 @@ def _panel(ax: Any, column: str, frames: Mapping[str, Frame], colors: dict[str, 
                 name = "load" if not shown else f"load ({label})"
                 ax.plot(fr["t"], fr["load"], color="0.55" if not shown else colors[label], lw=0.8, label=name)
                 shown.append(fr["load"])
+        predictions: list[tuple[np.ndarray, list[str]]] = []  # runs with the same prediction share one line
         for label, fr in frames.items():
-            if "predicted" in fr:
-                ax.step(fr["t"], fr["predicted"], where="post", color=colors[label], lw=1.0, ls="--",
-                        label=f"predicted ({label})")
+            if "predicted" not in fr:
+                continue
+            for y, labels in predictions:
+                if len(y) == len(fr["predicted"]) and np.array_equal(y, fr["predicted"], equal_nan=True):
+                    labels.append(label)
+                    break
+            else:
+                predictions.append((fr["predicted"], [label]))
+        for y, labels in predictions:
+            fr = frames[labels[0]]
+            shared = len(labels) == len(frames) and len(frames) > 1
+            ax.step(fr["t"], y, where="post", color="black" if shared else colors[labels[0]], lw=1.0, ls="--",
+                    label="predicted" if shared else f"predicted ({', '.join(labels)})")
         return
-    for label, fr in frames.items():
+    widths = np.linspace(2.6, 0.9, len(frames)) if len(frames) > 1 else [1.0]
+    for (label, fr), lw in zip(frames.items(), widths, strict=True):
         if column not in fr:
             continue
         y = fr[column].astype(np.float64)
         if column == "p99_ms":
             y = _rolling(y, smooth_s, "max")
-        ax.plot(fr["t"], y, color=colors[label], lw=1.0, label=label)
+        # earlier runs drawn wider, so a later run on the same values does not hide them
+        ax.plot(fr["t"], y, color=colors[label], lw=float(lw), label=label)
     if column == "p99_ms":
         if slo_ms is not None:
             ax.axhline(slo_ms, color="red", lw=1.0, ls=":", label="SLO")
@@ -281,6 +294,7 @@ def plot_frames(
 ) -> list[Path]:
     """The comparison plots of several runs (one line per run) into `out_dir`; returns the files written.
 
+    Runs are drawn in order, each thinner than the one before, so runs with equal values stay visible.
     Latency is drawn as the rolling max over `smooth_s` seconds of the per-second p99 (the worst recent p99).
     """
     import matplotlib

@@ -43,8 +43,9 @@ def _run(label: str, spec_path: Path, trace: Trace, policy: str, predictor: str)
     result = simulate(spec, trace, policy, predictor=predictor, seed=0)
     wall = time.perf_counter() - t0
     n = int(result.frame["load"].sum())
-    print(f"{label:<14} {policy:<16} {len(trace):>7} s {n:>9} req {wall:>8.2f} s wall  {n / wall:>9.0f} req/s"
-          f"  ({len(trace) / wall:>7.0f}x real time)", flush=True)
+    print(f"{label:<8} {policy:<16} {len(trace):>6} s {n:>8} req {wall:>7.2f} s wall "
+          f"(adapter {result.decide_s:>6.2f} s, {len(result.ticks):>5} decisions; simulation {wall - result.decide_s:>6.2f} s,"
+          f" {n / max(wall - result.decide_s, 1e-9):>6.0f} req/s)  {len(trace) / wall:>6.0f}x real time", flush=True)
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from adapter.sim.service import TAIL_CAP, NormalStream, ServiceTime
 from adapter.simulator import SimSettings, simulate
 from adapter.spec import GraphSpec, load_spec, parse_spec
 from adapter.workload import arrival_times, synthetic_trace
-from mlserver_ipa.batching import ServiceTimes
 
 HEADER = "stage,variant,batch,cores,p50_ms,p99_ms,mean_ms,throughput_rps,samples,machine\n"
 
@@ -87,21 +86,24 @@ def test_service_time_draws_match_the_profile_point(p50: float, p99: float, mean
     assert x.min() > 0
 
 
-def test_replica_estimate_follows_the_runtime_rule() -> None:
-    """The simulator's list-based estimator gives what `mlserver_ipa.batching.ServiceTimes` gives."""
-    prof = constant_profile({"m": 10.0}, batches=(1, 2, 4, 8))
+def test_replica_judges_deadlines_with_the_runtime_estimator() -> None:
+    """A replica's estimate starts from the profile's batch period, measured at batch 1 and at its batch size
+    (as the runtime's session switch does), and then follows the batches it serves."""
+    prof = Profile.parse(HEADER + "s,m,1,1,10,10,10,100,100,test\ns,m,4,1,30,30,30,200,100,test\n"
+                         "s,m,8,1,50,50,50,200,100,test\n")
     cfg = ReplicaConfig("m", 0.7, 8, 1.0, 0.0)
-    replica = Replica(0, 0, cfg, ServiceTable(prof, "m", 1.0), 16, "drop", lambda: 0.0, 0.2)
-    runtime = ServiceTimes(0.2)
-    for rows in range(1, 9):
-        runtime.seed(cfg.key, rows, replica.estimate(rows))
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        rows, seconds = int(rng.integers(1, 9)), float(rng.uniform(0.001, 0.2))
-        replica.observe(rows, seconds)
-        runtime.observe(cfg.key, rows, seconds)
-        for r in range(1, 9):
-            assert replica.estimate(r) == pytest.approx(runtime.estimate(cfg.key, r), rel=1e-12)
+    table = ServiceTable(prof, "m", 1.0)
+    replica = Replica(0, 0, cfg, table, 16, "drop", lambda: 0.0, 0.2, 2.0)
+    assert replica.estimate(1) == pytest.approx(1 / 100)  # period of batch 1: 1 / throughput
+    assert replica.estimate(8) == pytest.approx(8 / 200)
+    assert 1 / 100 < replica.estimate(4) < 8 / 200  # interpolated between the measured sizes
+    for _ in range(20):
+        replica.observe(1, 0.05)  # a slower machine than profiled
+    assert replica.estimate(1) > 0.04
+    replica.set_config(ReplicaConfig("m", 0.7, 8, 1.0, 0.0), table)  # same session: what was learned stays
+    assert replica.estimate(1) > 0.04
+    replica.set_config(ReplicaConfig("m", 0.7, 8, 2.0, 0.0), ServiceTable(prof, "m", 2.0))  # a new session
+    assert replica.estimate(1) < 0.04
 
 
 # ---------------------------------------------------------------------------------------- queueing theory

@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
+
+import numpy as np
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
@@ -17,7 +20,10 @@ from adapter.report import summary_markdown
 from adapter.simulator import SimSettings, known_policies
 from adapter.slo import DynamicSLO, read_bandwidth_log
 from adapter.spec import load_spec
-from adapter.workload import ARRIVAL_KINDS
+from adapter.workload import ARRIVAL_KINDS, PRESETS, read_trace
+
+HISTORY_S = 120
+"""Seconds of load before the window handed to the predictors (the LSTM reads the last 120)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-in-place", action="store_true",
                    help="replace replicas instead of changing them in place (cold start for every change)")
     p.add_argument("--title", help="title of the table and plots (default: graph and trace)")
+    p.add_argument("--notes", default="", help="text put under the summary table (summary.md, meta.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="results folder (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -70,7 +77,47 @@ def _run(args: argparse.Namespace) -> int:
     summaries = run_experiment(
         spec, trace, policies, Path(args.out), predictor=args.predictor, seed=args.seed, settings=settings,
         arrival_kind=args.arrivals, title=args.title, progress=not args.quiet, budgets=budgets,
+        history=_history(args), notes=_notes(args),
     )
     print(summary_markdown(summaries), end="")
     print(f"results in {args.out}")
     return 0
+
+
+def _history(args: argparse.Namespace) -> np.ndarray | None:
+    """The load of the `HISTORY_S` seconds before the window, when the trace has them: the adapter has been
+    running before the experiment starts, so its predictors do not begin blind. None for synthetic shapes."""
+    if args.trace in PRESETS and args.trace_file and args.start == 0:
+        preset = PRESETS[args.trace]
+        first, path, factor = preset.windows[0][0], args.trace_file, preset.scale * args.scale
+    elif Path(args.trace).is_file() and args.start > 0:
+        first, path, factor = args.start, args.trace, args.scale
+    else:
+        return None
+    start = max(0, first - HISTORY_S)
+    if first - start <= 0:
+        return None
+    return read_trace(path, start, first - start).rates * factor
+
+
+def _notes(args: argparse.Namespace) -> str:
+    """The user's notes, then the command that reproduces the results (options at their values)."""
+    argv = ["ipa", "experiment", args.graph, "--trace", args.trace]
+    if args.trace_file:
+        argv += ["--trace-file", args.trace_file]
+    for flag, value, default in (("--start", args.start, 0), ("--length", args.length, None),
+                                 ("--scale", args.scale, 1.0), ("--seed", args.seed, 0),
+                                 ("--arrivals", args.arrivals, "poisson"), ("--bandwidth", args.bandwidth, None)):
+        if value != default:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    defaults = SimSettings()
+    for flag, value, default in (("--cold-start", args.cold_start, defaults.cold_start_s),
+                                 ("--switch-delay", args.switch_delay, defaults.switch_delay_s),
+                                 ("--resize-delay", args.resize_delay, defaults.resize_delay_s)):
+        if value != default:
+            argv += [flag, f"{value:g}"]
+    if args.no_in_place:
+        argv.append("--no-in-place")
+    argv += ["--policies", args.policies, "--predictor", args.predictor, "--out", args.out]
+    command = "Reproduce: `" + shlex.join(argv) + "`"
+    return f"{args.notes.strip()}\n\n{command}" if args.notes.strip() else command

@@ -1,13 +1,11 @@
 """The simulated cluster: replicas with their deadline queues, how a stage's load is split, and how a decision
 is carried out with its reconfiguration costs.
 
-A `Replica` holds the runtime's own `DeadlineQueue` and batching policy (`mlserver_ipa.queueing`,
-`mlserver_ipa.batching`), the `ServiceTable` its batches are drawn from, and a service-time estimator with the
-runtime's rule (`ServiceTimes`: per (variant, cores) and batch rows an exponentially weighted average of the
-measured busy times, seeded at warm-up, a batch never estimated faster than a smaller one). Here every batch size
-up to the replica's is seeded (with the profile's batch period), and in that case the rule is a running maximum over a
-list, so `Replica.estimate` is a list lookup; the runtime's general version interpolates and sorts on every
-call, which the planner does several times per batch (tests hold the two equal).
+A `Replica` holds the runtime's own `DeadlineQueue`, batching policy and service-time estimator
+(`mlserver_ipa.queueing`, `mlserver_ipa.batching`: `ServiceTimes`, per (variant, cores) and batch rows an
+exponentially weighted mean plus `deviations` mean deviations of the measured busy times, seeded at warm-up for
+batch 1 and the batch size as the runtime's session switch measures them), and the `ServiceTable` its batches are
+drawn from.
 
 A `StagePool` routes as the runtime's router does (`mlserver_ipa.route_table`): a replica group drawn with
 probability proportional to its `load_share` (groups without a ready replica skipped), then the replica of the
@@ -36,7 +34,7 @@ from dataclasses import dataclass, field
 from adapter.decision import ReplicaGroup
 from adapter.profile import Profile
 from adapter.sim.service import ServiceTime
-from mlserver_ipa.batching import BatchPolicy
+from mlserver_ipa.batching import BatchPolicy, ServiceTimes
 from mlserver_ipa.queueing import DeadlineQueue
 from mlserver_ipa.settings import OnLate
 
@@ -95,19 +93,17 @@ class Replica:
     """One simulated replica of a stage (plain state; the engine drives it)."""
 
     __slots__ = (
-        "id", "stage", "config", "table", "queue", "policy", "alpha", "known", "prefix", "estimate", "busy", "busy_until",
+        "id", "stage", "config", "table", "queue", "policy", "times", "estimate", "busy", "busy_until",
         "in_flight", "ready", "draining", "token", "timer_at", "pending", "charged", "removed",
     )
 
     def __init__(
         self, rid: int, stage: int, config: ReplicaConfig, table: ServiceTable, queue_limit: int,
-        on_late: OnLate, clock: Callable[[], float], ewma_alpha: float,
+        on_late: OnLate, clock: Callable[[], float], ewma_alpha: float, deviations: float,
     ) -> None:
         self.id, self.stage = rid, stage
         self.queue: DeadlineQueue[int] = DeadlineQueue(queue_limit, clock)
-        self.alpha = ewma_alpha
-        self.known: dict[tuple[str, float], list[float]] = {}  # EWMA per config, index = rows
-        self.prefix: list[float] = []
+        self.times = ServiceTimes(ewma_alpha, deviations=deviations)
         self.busy = False
         self.busy_until = 0.0
         self.in_flight = 0
@@ -121,33 +117,30 @@ class Replica:
         self.config = config
         self.table = table
         self.policy = BatchPolicy(config.batch, config.max_batch_time, on_late)
-        self.estimate: Callable[[int], float] = self.prefix.__getitem__
+        self.estimate: Callable[[int], float] = self._estimator()
         self.set_config(config, table)
 
     def set_config(self, config: ReplicaConfig, table: ServiceTable) -> None:
-        """Take a configuration into use; batch sizes it has not measured yet are seeded from the profile (as the
-        runtime's warm-up measures a new session before it serves)."""
+        """Take a configuration into use as the runtime does: a new session (variant or cores) is measured at
+        batch 1 and at its batch size before it serves, a new batch size alone is measured once; here the
+        measurement is the profile's batch period."""
+        new_session = config.key != self.config.key  # the first call: known is empty, so all is seeded
         self.config, self.table = config, table
         self.policy = BatchPolicy(config.batch, config.max_batch_time, self.policy.on_late)
         table.extend(config.batch)
-        known = self.known.setdefault(config.key, [0.0])
-        while len(known) <= config.batch:
-            known.append(table.busy[len(known)])
-        self._refresh(known)
+        known = self.times.table(config.key)
+        for rows in sorted({1, config.batch}):
+            if new_session or rows not in known:
+                self.times.seed(config.key, rows, table.busy[rows])
+        self.estimate = self._estimator()
 
     def observe(self, rows: int, seconds: float) -> None:
-        """A batch of `rows` took `seconds`: update the EWMA, as the runtime does after every batch."""
-        known = self.known[self.config.key]
-        known[rows] += self.alpha * (seconds - known[rows])
-        self._refresh(known)
+        """A batch of `rows` kept the replica busy `seconds`: the runtime times each batch's compute."""
+        self.times.observe(self.config.key, rows, seconds)
 
-    def _refresh(self, known: list[float]) -> None:
-        prefix, top = [0.0], 0.0
-        for v in known[1:]:
-            top = v if v > top else top
-            prefix.append(top)
-        self.prefix = prefix
-        self.estimate = prefix.__getitem__
+    def _estimator(self) -> Callable[[int], float]:
+        estimate, key = self.times.estimate, self.config.key
+        return lambda rows: estimate(key, rows)
 
     @property
     def outstanding(self) -> int:

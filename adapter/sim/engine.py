@@ -59,6 +59,9 @@ class SimSettings:
     """The runtime's `on_late`: drop a request that can no longer meet its deadline, or serve it late."""
     ewma_alpha: float = 0.2
     """Weight of the newest batch in each replica's service-time estimate (the runtime's `ewma_alpha`)."""
+    service_time_deviations: float = 2.0
+    """Mean deviations added to a replica's service-time estimate when judging deadlines (the runtime's
+    `service_time_deviations`)."""
     router_retries: int = 3
     """Other replicas of the stage the router tries when one is overloaded (the router's `retries`)."""
 
@@ -158,7 +161,8 @@ class Engine:
             ready_at = self.now
             for cfg in change.start:  # in the order of the empty slots of change.groups
                 r = Replica(next(self._ids), i, cfg, self._table(i, cfg), s.queue_limit, s.on_late,
-                            self.clock, s.ewma_alpha)
+                            self.clock, s.ewma_alpha,
+                            s.service_time_deviations)
                 started.append(r)
                 pool.members.append(r)
                 self._charge(cfg.cores)

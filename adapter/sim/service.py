@@ -18,6 +18,9 @@ pause, as a throttled period or a GC is). The tail is capped at `TAIL_CAP·(p99 
 dozen samples is no evidence of second-long outliers, and one such draw would stall a simulated queue for
 longer than anything measured. The median and the p99 are always the measured ones; the mean is the measured
 one unless the cap binds, and then `mean` (the fitted mean, below the measured one) says what the draws average.
+Draws beyond the 99.9th percentile of the body are clamped to it (`Z_MAX`): a profile of a few hundred samples
+says nothing about the far tail, and a lognormal's far tail (a few seconds for a 40 ms median with a 200 ms p99)
+would stall a simulated queue in a way nothing measured did.
 Where the measured mean is at or below the median `r` is clamped to a small positive value (nearly a normal
 body; the mean then ends slightly above the measured one). Where p99 equals p50 the time is constant. Draws are
 floored at `FLOOR_SHARE` of the median, so the rare far-left draw of a fit with a negative shift never produces a
@@ -43,6 +46,7 @@ FLOOR_SHARE = 0.2  # no draw below this share of the median
 _RATIO_MIN = 1e-3
 _TAIL_SHARE = 0.005  # draws that carry the outliers: those beyond the p99.5
 TAIL_CAP = 2.0  # the outliers' extra time is at most this many times the p50-p99 spread
+Z_MAX = 3.090232306167813  # standard normal 99.9th percentile: the body's draws stop there
 Z_TAIL = 2.5758293035489004  # standard normal 99.5th percentile
 
 
@@ -66,13 +70,20 @@ SIGMA_PEAK = _peak()
 RATIO_PEAK = _ratio(SIGMA_PEAK)
 
 
+def _phi(x: float) -> float:
+    """Standard normal distribution function."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
 def _body_mean(shift: float, m: float, sigma: float) -> float:
-    return shift + m * math.exp(sigma * sigma / 2)
+    """E[shift + m·exp(sigma·min(Z, Z_MAX))] for a standard normal Z."""
+    clamped = math.exp(sigma * Z_MAX) * (1.0 - _phi(Z_MAX))
+    return shift + m * (math.exp(sigma * sigma / 2) * _phi(Z_MAX - sigma) + clamped)
 
 
 @dataclass(frozen=True)
 class ServiceTime:
-    """Seconds: `max(floor, shift + m·exp(sigma·z) + (tail if z > z99.5 else 0))` for a standard normal `z`."""
+    """Seconds: `max(floor, shift + m·exp(sigma·min(z, z99.9)) + (tail if z > z99.5 else 0))`, `z` standard normal."""
 
     shift: float
     m: float
@@ -115,7 +126,7 @@ class ServiceTime:
 
     def draw(self, z: float) -> float:
         """The service time (s) for the standard normal draw `z`."""
-        x = self.shift + self.m * math.exp(self.sigma * z)
+        x = self.shift + self.m * math.exp(self.sigma * (z if z < Z_MAX else Z_MAX))
         if z > Z_TAIL:
             x += self.tail
         return x if x > self.floor else self.floor
