@@ -365,7 +365,8 @@ def plot_tradeoff(summaries: Sequence[Summary], out_dir: str | Path, title: str 
 
 
 def read_results(results_dir: str | Path) -> tuple[dict[str, Any], dict[str, Frame]]:
-    """`meta.json` and the per-policy frames of a results folder, in the order the experiment ran them."""
+    """`meta.json` and the per-policy frames of a results folder, in the order the experiment ran them (the
+    frames may be missing: a published folder keeps only the table and the plots)."""
     d = Path(results_dir)
     if not d.is_dir():
         raise UsageError(f"{d}: no such results folder")
@@ -377,18 +378,21 @@ def read_results(results_dir: str | Path) -> tuple[dict[str, Any], dict[str, Fra
             raise UsageError(f"{d / 'meta.json'}: not JSON ({e.msg})") from None
     names = meta.get("policies") or sorted(p.stem for p in d.glob("*.csv") if p.name not in RESERVED_FILES)
     frames = {n: read_frame(d / f"{n}.csv") for n in names if (d / f"{n}.csv").exists()}
-    if not frames:
-        raise UsageError(f"{d}: no per-second CSVs to report on")
     return meta, frames
 
 
 def render(results_dir: str | Path) -> list[Path]:
-    """Re-draw the plots and the Markdown table of a results folder from its CSVs; returns the files written."""
+    """Re-draw the plots and the Markdown table of a results folder from its CSVs; returns the files written.
+
+    Without per-second CSVs only the table and the trade-off plot are drawn again (from `summary.csv`)."""
     d = Path(results_dir)
     meta, frames = read_results(d)
+    has_summary = (d / "summary.csv").exists()
+    if not frames and not has_summary:
+        raise UsageError(f"{d}: no per-second CSVs or summary.csv to report on")
     title = meta.get("title", d.name)
-    written = plot_frames(frames, d, slo_ms=meta.get("slo_ms"), title=title)
-    if (d / "summary.csv").exists():
+    written = plot_frames(frames, d, slo_ms=meta.get("slo_ms"), title=title) if frames else []
+    if has_summary:
         summaries = read_summary(d / "summary.csv")
         (d / "summary.md").write_text(summary_markdown(summaries, title, meta.get("notes", "")), encoding="utf-8")
         written += [d / "summary.md", plot_tradeoff(summaries, d, title)]

@@ -59,6 +59,13 @@ def test_small_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (out / "overview.png").exists() and (out / "summary.md").exists()
     assert "| joint |" in (out / "summary.md").read_text()
 
+    # a published folder keeps only the table and the plots: the table can still be drawn again
+    for name in ("static.csv", "joint.csv", "summary.md"):
+        (out / name).unlink()
+    code, stdout, err = run(["report", str(out)], capsys)
+    assert code == 0, err
+    assert "| static |" in (out / "summary.md").read_text()
+
 
 def test_unknown_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["experiment", str(RESNET), "--trace", "synthetic:bursty", "--length", "30",

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"seconds an in-place variant switch takes (default {defaults.switch_delay_s:g})")
     p.add_argument("--resize-delay", type=float, default=defaults.resize_delay_s, metavar="S",
                    help=f"seconds an in-place core change takes (default {defaults.resize_delay_s:g})")
+    p.add_argument("--service-time-deviations", type=float, default=defaults.service_time_deviations, metavar="K",
+                   help="the runtime's service_time_deviations: mean deviations added to a replica's service-time "
+                   f"estimate when judging deadlines (default {defaults.service_time_deviations:g}, the runtime's)")
     p.add_argument("--no-in-place", action="store_true",
                    help="replace replicas instead of changing them in place (cold start for every change)")
     p.add_argument("--title", help="title of the table and plots (default: graph and trace)")
@@ -62,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     policies = check_policies(args.policies.split(","))
-    for name in ("cold_start", "switch_delay", "resize_delay"):
+    for name in ("cold_start", "switch_delay", "resize_delay", "service_time_deviations"):
         if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 seconds")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     spec = load_spec(args.graph, require_profiles=True)
     trace = trace_from_args(args)
     budgets = None
@@ -73,7 +76,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--request-bytes must be > 0")
         budgets = DynamicSLO(read_bandwidth_log(args.bandwidth), spec.slo_ms, args.request_bytes).deadlines_ms
     settings = SimSettings(cold_start_s=args.cold_start, switch_delay_s=args.switch_delay,
-                           resize_delay_s=args.resize_delay, in_place=not args.no_in_place)
+                           resize_delay_s=args.resize_delay, in_place=not args.no_in_place,
+                           service_time_deviations=args.service_time_deviations)
     summaries = run_experiment(
         spec, trace, policies, Path(args.out), predictor=args.predictor, seed=args.seed, settings=settings,
         arrival_kind=args.arrivals, title=args.title, progress=not args.quiet, budgets=budgets,
@@ -113,7 +117,9 @@ def _notes(args: argparse.Namespace) -> str:
     defaults = SimSettings()
     for flag, value, default in (("--cold-start", args.cold_start, defaults.cold_start_s),
                                  ("--switch-delay", args.switch_delay, defaults.switch_delay_s),
-                                 ("--resize-delay", args.resize_delay, defaults.resize_delay_s)):
+                                 ("--resize-delay", args.resize_delay, defaults.resize_delay_s),
+                                 ("--service-time-deviations", args.service_time_deviations,
+                                  defaults.service_time_deviations)):
         if value != default:
             argv += [flag, f"{value:g}"]
     if args.no_in_place:
