@@ -28,7 +28,7 @@ import numpy as np
 
 from adapter.decision import Decision
 from adapter.errors import UsageError
-from adapter.monitor import Observation
+from adapter.observation import Observation
 from adapter.policies import PolicyConfig, PolicyContext, PolicySettings, PolicyState, decide
 from adapter.predict import LoadPredictor, make_predictor
 

@@ -36,67 +36,16 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapter.observation import Observation, StageObservation
+
+__all__ = ["DirectSource", "MetricsSource", "Observation", "StageObservation", "histogram_quantile", "increase",
+           "parse_samples", "per_second_rates"]
+
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 """One scrape: (sample name, sorted label pairs) -> value."""
 
 QUANTILE = 0.99
-
-
-@dataclass(frozen=True)
-class StageObservation:
-    """One stage over the window."""
-
-    name: str
-    arrival_rps: float = 0.0
-    """calls the router made to the stage per second"""
-    p99_ms: float | None = None
-    """p99 of one call to the stage as the router saw it (queue, batch and service); None without calls"""
-    cpu_cores: float | None = None
-    """CPU the stage's replicas used, in cores (CPU seconds per second); None when it could not be read"""
-    dropped: int = 0
-    deadline_misses: int = 0
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the pipeline did over `window_s` seconds ending at `at` (the loop's clock)."""
-
-    at: float
-    window_s: float
-    available: bool = True
-    reason: str | None = None
-    """why the observation is unavailable (or None)"""
-    load_rps: float = 0.0
-    """requests that arrived at the pipeline per second, mean over the window"""
-    rates: tuple[float, ...] = ()
-    """arrivals per second over the window, oldest first (what the load history is made of)"""
-    p99_ms: float | None = None
-    """end-to-end p99 at the router; None when nothing was answered"""
-    requests: int = 0
-    errors: int = 0
-    """requests the pipeline answered with an error (any status but 200)"""
-    dropped: int = 0
-    """requests a replica refused (deadline cannot be met, queue full)"""
-    deadline_misses: int = 0
-    stages: tuple[StageObservation, ...] = ()
-    notes: tuple[str, ...] = ()
-    """partial problems that did not make the observation unavailable (a replica not scraped)"""
-
-    @classmethod
-    def unavailable(cls, at: float, window_s: float, reason: str) -> Observation:
-        return cls(at=at, window_s=window_s, available=False, reason=reason)
-
-    def stage(self, name: str) -> StageObservation | None:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        return None
-
-    @property
-    def cpu_cores(self) -> dict[str, float]:
-        """Measured CPU use per stage, where it was read."""
-        return {s.name: s.cpu_cores for s in self.stages if s.cpu_cores is not None}
 
 
 class MetricsSource(Protocol):
@@ -312,15 +261,24 @@ class DirectSource:
             self._client = None
 
 
-def per_second_rates(points: Iterable[tuple[float, float]]) -> tuple[float, ...]:
-    """Rates between consecutive (time, cumulative count) points, one value per whole second covered: a gap
-    of n seconds between two points gives n equal values (at least one per gap)."""
+def per_second_rates(points: Iterable[tuple[float, float]], min_segment_s: float = 0.5) -> tuple[float, ...]:
+    """Rates between (time, cumulative count) points, one value per whole second covered: a gap of n seconds
+    between two points gives n equal values (at least one). A gap shorter than `min_segment_s` (a decision
+    forced just after a sample) is too short to be a rate of its own and is counted with its neighbour."""
     pts = list(points)
+    if len(pts) < 2:
+        return ()
+    segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
+    start = pts[0]
+    for p in pts[1:]:
+        if p[0] - start[0] >= min_segment_s:
+            segments.append((start, p))
+            start = p
+    if start != pts[-1]:  # a short tail: into the last segment (or the only one)
+        segments = [*segments[:-1], (segments[-1][0], pts[-1])] if segments else [(pts[0], pts[-1])]
     out: list[float] = []
-    for (t0, c0), (t1, c1) in zip(pts, pts[1:], strict=False):
+    for (t0, c0), (t1, c1) in segments:
         dt = t1 - t0
-        if dt <= 0:
-            continue
-        rate = max(0.0, c1 - c0) / dt
-        out += [rate] * max(1, round(dt))
+        if dt > 0:
+            out += [max(0.0, c1 - c0) / dt] * max(1, round(dt))
     return tuple(out)

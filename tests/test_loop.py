@@ -10,10 +10,11 @@ import pytest
 from conftest import free_port
 
 from adapter.executors.dry_run import DryRunExecutor
+from adapter.executors.local import LocalCluster, LocalClusterSettings
 from adapter.loop import AdaptationLoop, LoopState, same_deployment
 from adapter.monitor import DirectSource, Observation, StageObservation
 from adapter.policies import PolicyConfig, PolicySettings
-from adapter.service import AdapterService, AdapterSettings
+from adapter.service import AdapterService, AdapterSettings, StageInForce
 from adapter.spec import GraphSpec, parse_spec
 
 PROFILE = str(Path(__file__).resolve().parents[1] / "profiles" / "resnet.csv")
@@ -158,3 +159,28 @@ async def test_service_decides_every_interval_and_records_why_it_kept_the_config
         assert r.observed is not None and not r.observed.available
         assert same_deployment(r.decision, first.decision) and r.apply.attempts == 0
     assert len(executor.applied) == 1
+
+
+async def test_a_failed_apply_is_retried_reported_and_what_runs_is_recorded(variant_repo: Path,
+                                                                           tmp_path: Path) -> None:
+    """A real local cluster whose model cannot load: every attempt fails, the record says so and shows what really
+    runs (nothing), and the next interval applies the decision again."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    settings = (variant_repo / "resnet" / "model-settings.json").read_text()
+    (broken / "model-settings.json").write_text(settings.replace('.onnx"', '-missing.onnx"'))
+    graph = spec(budget_cores=1)
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
+    monitor = DirectSource("loop", dead, lambda: {}, started_at=0.0, timeout_s=0.5)
+    async with LocalCluster(graph, {"classifier": broken},
+                            settings=LocalClusterSettings(home=tmp_path / "ipa", retries=1)) as cluster:
+        loop = AdaptationLoop(PolicyConfig.create(graph, settings=PolicySettings(policy="static")), "reactive")
+        service = AdapterService(loop, cluster, monitor, AdapterSettings(interval_s=INTERVAL, apply_attempts=2,
+                                                                         retry_delay_s=0.0))
+        first = await service.start()
+        assert first.outcome == "failed" and first.apply.attempts == 2 and not first.apply.ok
+        assert first.reason is not None and "stage classifier: start resnet50" in first.reason
+        assert first.in_force == [StageInForce(name="classifier", replicas=[])]  # what really runs: nothing
+        again = await service.decide("interval")
+        assert again.outcome == "kept" and again.apply.attempts == 2 and not again.apply.ok  # applied again
+    await monitor.aclose()
