@@ -21,6 +21,7 @@ import kmock as kmock_lib
 import pytest
 import yaml
 from aiohttp import web
+from shared_data import SHARED_DATA
 
 from adapter.decision import Decision
 from adapter.executors import ApplyResult
@@ -39,7 +40,7 @@ from adapter.spec import GraphSpec, parse_spec
 from mlserver_ipa.settings import ControlRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "data" / "seldon" / "seldondeployments-crd-v1.17.1.yaml"
+CRD = SHARED_DATA / "seldon" / "seldondeployments-crd-v1.17.1.yaml"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 NS = "ipa"
 SDEP = "machinelearning.seldon.io/v1/seldondeployments"

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA
 
 from adapter.cli import main as ipa
 from adapter.loadgen import (
@@ -32,7 +33,7 @@ from adapter.slo import FixedSLO
 from adapter.workload import Trace
 
 SERVER = Path(__file__).with_name("slow_v2_server.py")
-BUS_LOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "bandwidth" / "report_bus_0001.log"
+BUS_LOG = SHARED_DATA / "bandwidth" / "report_bus_0001.log"
 
 
 def free_port() -> int:

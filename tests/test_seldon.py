@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import SHARED_DATA
 
 from adapter.cli import manifests as manifests_cli
 from adapter.decision import Decision
@@ -39,7 +40,7 @@ from adapter.spec import GraphSpec, load_spec, parse_spec
 from mlserver_ipa.settings import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "data" / "seldon" / "seldondeployments-crd-v1.17.1.yaml"
+CRD = SHARED_DATA / "seldon" / "seldondeployments-crd-v1.17.1.yaml"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 MANIFESTS = ROOT / "manifests"
 GRAPHS = sorted((ROOT / "inference_graphs").glob("*.yaml"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA
 
 from adapter.errors import UsageError
 from adapter.workload import (
@@ -23,7 +24,7 @@ from adapter.workload import (
     workload_from_spec,
 )
 
-TWITTER = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "twitter.tbz2"
+TWITTER = SHARED_DATA / "traces" / "twitter.tbz2"
 needs_twitter = pytest.mark.skipif(not TWITTER.is_file(), reason="shared Twitter trace not present")
 
 
