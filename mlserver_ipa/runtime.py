@@ -163,7 +163,9 @@ class VariantRuntime(MLModel):
         arrival = self._clock()
         slo = _parse_slo(payload.parameters)
         session = self._sessions.active
-        feeds, rows = decode_inputs(payload.inputs, session.inputs, self.config.max_request_rows)
+        feeds, rows = decode_inputs(
+            payload.inputs, session.inputs, self.config.max_request_rows, self.config.chain_input
+        )
         outputs = requested_outputs(payload.outputs, session.outputs)
         deadline_ms = slo.deadline_ms if slo.deadline_ms is not None else self.config.default_deadline_ms
         priority = slo.priority if slo.priority is not None else self.config.default_priority

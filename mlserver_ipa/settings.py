@@ -63,6 +63,10 @@ class RuntimeSettings(BaseModel):
     """Priority class of requests that carry none. Lower is more urgent (as Triton's V2 `priority`)."""
     max_request_rows: int = Field(default=64, ge=1)
     """Most rows (first dimension) one request may carry; larger requests get HTTP 413."""
+    chain_input: str | None = "output"
+    """The tensor a previous pipeline stage passes on. Seldon's executor forwards a stage's outputs to the next
+    stage under their own names, so when the model's single input is absent and this one is present, it is taken
+    as that input and the upstream stage's other outputs are ignored. None turns chaining off."""
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
     """Weight of the newest measurement in the service-time average per (variant, threads, batch)."""
     service_time_deviations: float = Field(default=2.0, ge=0)

@@ -24,15 +24,20 @@ def describe(spec: TensorSpec) -> str:
 
 
 def decode_inputs(
-    inputs: Sequence[RequestInput], specs: Sequence[TensorSpec], max_rows: int
+    inputs: Sequence[RequestInput], specs: Sequence[TensorSpec], max_rows: int, chain_input: str | None = None
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The feeds for onnxruntime and the number of rows (first dimension) the request carries."""
+    """The feeds for onnxruntime and the number of rows (first dimension) the request carries.
+
+    `chain_input` names the tensor an upstream pipeline stage passes on (see `RuntimeSettings.chain_input`).
+    """
     takes = "; the model takes " + ", ".join(describe(s) for s in specs)
     given: dict[str, RequestInput] = {}
     for tensor in inputs:
         if tensor.name in given:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
         given[tensor.name] = tensor
+    if chain_input and len(specs) == 1 and specs[0].name not in given and chain_input in given:
+        given = {specs[0].name: given[chain_input]}
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
         raise InvalidInput(f"unknown input {', '.join(map(repr, unknown))}{takes}")
