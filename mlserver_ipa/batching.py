@@ -10,6 +10,10 @@ Rules (all decided from an injected clock and measured service times, never from
   moment the server is free (queue wait + the measured service time for its rows) is rejected at once: when it
   arrives, whenever a batch is planned, and right after a batch is dispatched (the rest must wait for it).
   A request is not added to a batch if the larger batch would make any request in it late.
+- Except: an idle replica with nothing that could make its deadline still serves its most urgent request whose
+  deadline has not passed. Serving it alone now is its best chance, and the measurement refreshes an estimate that a run of slow batches may have
+  pushed past every deadline; without this, such a replica would reject everything, measure nothing and never
+  recover (the simulator showed replicas locking themselves out this way).
 - With `on_late="serve"`, nothing is rejected for its deadline; late answers are counted by the runtime.
 
 `plan_batch` is the decision, a pure function of the queue and `now`; `Batcher` is the thin async loop that
@@ -134,8 +138,21 @@ class Plan(Generic[T]):
     """With no batch: plan again at this time at the latest (None: at the next arrival)."""
 
 
-def expire(queue: DeadlineQueue[T], start: float, service_time: ServiceTime) -> list[Drop[T]]:
-    """Remove the requests that would miss their deadline even if served alone from `start` on."""
+def rejects_on_arrival(now: float, busy_until: float | None, queued_rows: int, deadline: float, service: float) -> bool:
+    """Whether a request arriving at `now` is rejected at once for its deadline (`on_late="drop"`).
+
+    `busy_until` is when the batch in flight ends (None: idle); `service` the estimate for its rows.
+    """
+    if busy_until is None and queued_rows == 0:
+        return deadline <= now  # an idle replica tries any live request (see the module docstring)
+    start = now if busy_until is None else max(now, busy_until)
+    return start + service > deadline
+
+
+def expire(
+    queue: DeadlineQueue[T], start: float, service_time: ServiceTime, keep: Entry[T] | None = None
+) -> list[Drop[T]]:
+    """Remove the requests that would miss their deadline even if served alone from `start` on (but `keep`)."""
     if start + service_time(1) <= queue.earliest_deadline():
         return []  # the common case, decided without looking at every request
     times: dict[int, float] = {}
@@ -145,14 +162,25 @@ def expire(queue: DeadlineQueue[T], start: float, service_time: ServiceTime) -> 
             times[rows] = service_time(rows)
         return times[rows]
 
-    gone = queue.remove_if(lambda e: start + service(e.rows) > e.deadline)
+    gone = queue.remove_if(lambda e: e is not keep and start + service(e.rows) > e.deadline)
     return [Drop(e, start, service(e.rows)) for e in gone]
+
+
+def _last_chance(queue: DeadlineQueue[T], now: float, service_time: ServiceTime) -> Entry[T] | None:
+    """The request an idle replica serves although its estimate says it will be late: the most urgent one,
+    and only when nothing waiting could make its deadline (so it costs no one else their chance)."""
+    if not queue or now + service_time(1) <= queue.earliest_deadline():
+        return None
+    if any(now + service_time(e.rows) <= e.deadline for e in queue):
+        return None
+    live = [e for e in queue if e.deadline > now]
+    return min(live, key=lambda e: (e.priority, e.deadline, e.sequence)) if live else None
 
 
 def plan_batch(queue: DeadlineQueue[T], now: float, policy: BatchPolicy, service_time: ServiceTime) -> Plan[T]:
     """Decide, with the server free at `now`, what to run, what to reject and how long to wait."""
     drop = policy.on_late == "drop"
-    dropped = expire(queue, now, service_time) if drop else []
+    dropped = expire(queue, now, service_time, _last_chance(queue, now, service_time)) if drop else []
     if not queue:
         return Plan(dropped=dropped)
     if queue.rows < policy.batch_size and policy.max_batch_time > 0:
@@ -232,9 +260,9 @@ class Batcher(Generic[T]):
         """Queue a request, or reject it at once if it cannot meet its deadline or does not fit."""
         now = self._clock()
         if self._policy.on_late == "drop":
-            start = now if self._busy_until is None else max(now, self._busy_until)
             service = self._service_time(rows)
-            if start + service > deadline:
+            if rejects_on_arrival(now, self._busy_until, self.queue.rows, deadline, service):
+                start = now if self._busy_until is None else max(now, self._busy_until)
                 entry = Entry(item, deadline, priority, now, rows)
                 self._reject(Rejection(entry, "deadline", now, start, service))
                 return

@@ -8,7 +8,14 @@ import math
 
 import pytest
 
-from mlserver_ipa.batching import Batcher, BatchPolicy, Rejection, ServiceTimes, plan_batch
+from mlserver_ipa.batching import (
+    Batcher,
+    BatchPolicy,
+    Rejection,
+    ServiceTimes,
+    plan_batch,
+    rejects_on_arrival,
+)
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 
 
@@ -266,3 +273,22 @@ async def test_batcher_loop_serves_in_plan_order() -> None:
     task.cancel()
     assert served == [["a", "b"], ["c", "d"], ["e"]]
     assert math.isclose(clock.t, 0.030)
+
+
+def test_an_idle_replica_whose_estimate_rules_out_everyone_still_tries_the_most_urgent() -> None:
+    # A run of slow batches pushed the estimate (50 ms) past every deadline: without a last chance the replica
+    # would reject everything, measure nothing and never recover.
+    q: DeadlineQueue[str] = DeadlineQueue(100, Clock(0.0))
+    q.push("urgent", deadline=0.020)
+    q.push("later", deadline=0.030)
+    q.push("gone", deadline=-0.001)
+    plan = plan_batch(q, 0.0, BatchPolicy(batch_size=1), linear(0.050))
+    assert names(plan.batch) == ["urgent"]
+    assert sorted(names(d.entry for d in plan.dropped)) == ["gone", "later"]
+
+
+def test_on_arrival_an_idle_empty_replica_admits_any_live_request() -> None:
+    assert not rejects_on_arrival(0.0, None, 0, deadline=0.010, service=0.050)
+    assert rejects_on_arrival(0.0, None, 0, deadline=0.0, service=0.050)
+    assert rejects_on_arrival(0.0, None, 1, deadline=0.010, service=0.050)  # others wait: the estimate rules
+    assert rejects_on_arrival(0.0, 0.005, 0, deadline=0.010, service=0.050)  # busy

@@ -27,7 +27,7 @@ from adapter.profile import Profile
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable, StagePool
 from adapter.sim.service import NormalStream
 from adapter.spec import GraphSpec
-from mlserver_ipa.batching import plan_batch
+from mlserver_ipa.batching import plan_batch, rejects_on_arrival
 from mlserver_ipa.settings import OnLate
 
 # Event kinds, in the order they run at the same instant.
@@ -231,8 +231,8 @@ class Engine:
         deadline = self.deadline[rid]
         now = self.now
         if self.settings.on_late == "drop":  # as the runtime's Batcher.submit
-            start = r.busy_until if r.busy and r.busy_until > now else now
-            if start + r.estimate(1) > deadline:
+            busy_until = r.busy_until if r.busy else None
+            if rejects_on_arrival(now, busy_until, r.queue.rows, deadline, r.estimate(1)):
                 self._drop(rid, LATE, stage)
                 return
         left = r.queue.push(rid, deadline=deadline)
@@ -355,7 +355,9 @@ class Engine:
                 elif kind == SWITCH:
                     r = payload[0]
                     new: ReplicaConfig = payload[1]
-                    if r.pending is new and not r.removed:
+                    # the switch still wanted (a later decision may have changed only its batch size)
+                    if r.pending is not None and r.pending.key == new.key and not r.removed:
+                        new = r.pending
                         r.pending = None
                         r.set_config(new, self._table(r.stage, new))
                         self._recharge(r, new.cores)
