@@ -102,6 +102,7 @@ class RequestRecord:
     error: str
     """'' when answered 200; else the kind: `http_503`, `timeout`, `connect`, `read`, …"""
     variant: str
+    """what served it: a model's `parameters.variant`, a pipeline's `parameters.variants` (`stage=variant,…`)"""
     deadline_ms: float | None
     deadline_met: bool | None
     """answered 200 within `deadline_ms` of the scheduled time; None when the request had no deadline"""
@@ -135,7 +136,10 @@ async def run_load(
     endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
     loop = asyncio.get_running_loop()
     records: list[RequestRecord | None] = [None] * len(plan)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    # Idle connections expire before uvicorn's 5 s keep-alive, so a request never rides a connection the
+    # server is closing (a read error that is not the server's answer).
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                          keepalive_expiry=2.0)
     headers = {"content-type": "application/json"}
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -154,7 +158,9 @@ async def run_load(
                 response = await client.post(endpoint, content=payload.body(params), headers=headers)
                 status = response.status_code
                 if status == 200:
-                    variant = str((response.json().get("parameters") or {}).get("variant", ""))
+                    answer = response.json().get("parameters") or {}
+                    # a model says `variant`; a pipeline router says `variants` (`stage=variant,…`)
+                    variant = str(answer.get("variant") or answer.get("variants") or "")
                 else:
                     error = f"http_{status}"
             except httpx.HTTPError as e:

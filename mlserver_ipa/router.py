@@ -356,8 +356,9 @@ async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 808
     """Serve `router` on host:port in the running event loop; yields its base URL; stops on exit."""
     import uvicorn
 
+    # Keep idle connections longer than clients do (httpx: 5 s), so a client never sends on one we are closing.
     server = uvicorn.Server(uvicorn.Config(create_app(router), host=host, port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
+                                           lifespan="off", access_log=False, timeout_keep_alive=75))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
