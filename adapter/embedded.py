@@ -39,6 +39,7 @@ from adapter.service import AdapterService, AdapterSettings, DecisionRecord
 from adapter.spec import GraphSpec
 from mlserver_ipa.router import PipelineRouter
 from mlserver_ipa.router import create_app as create_router_app
+from mlserver_ipa.router import serve_app as serve_asgi
 
 UP_FILE = "up.json"
 
@@ -102,36 +103,15 @@ def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str]
     return repos
 
 
-KEEP_ALIVE_S = 75.0
-"""How long the servers keep an idle client connection open: longer than clients keep theirs (httpx: 5 s), so
-that a client never sends a request on a connection the server is closing at that moment (uvicorn's default,
-5 s, races httpx's and loses a request now and then under changing load)."""
-
-
 @contextlib.asynccontextmanager
 async def serve_app(app: FastAPI, host: str, port: int) -> AsyncIterator[str]:
-    """Serve `app` in the running event loop; yields its base URL; stops on exit."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                           access_log=False, timeout_keep_alive=int(KEEP_ALIVE_S)))
-    async def run() -> None:
-        with contextlib.suppress(SystemExit):  # uvicorn exits the process when it cannot bind: not here
-            await server.serve()
-
-    task = asyncio.create_task(run())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise UsageError(f"could not listen on {host}:{port} (is the port in use? --port/--adapter-port)")
-            await asyncio.sleep(0.02)
-        bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """`mlserver_ipa.router.serve_app`, with a port that cannot be had as the user's mistake."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(serve_asgi(app, host, port))
+        except OSError as e:
+            raise UsageError(f"could not listen on {host}:{port} (is the port in use? --port/--adapter-port)") from e
+        yield url
 
 
 class EmbeddedPipeline:

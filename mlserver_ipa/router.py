@@ -351,20 +351,32 @@ class RouterClient:
         await self._client.aclose()
 
 
+KEEP_ALIVE_S = 75
+"""Seconds an idle connection is kept: longer than clients keep theirs (httpx: 5 s), so a client never sends on
+a connection the server is closing."""
+
+
 @contextlib.asynccontextmanager
-async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
-    """Serve `router` on host:port in the running event loop; yields its base URL; stops on exit."""
+async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
+    """Serve an ASGI app in the running event loop; yields its base URL (port 0: a free one); stops on exit.
+
+    Raises OSError when it cannot listen (the port is taken, ...).
+    """
     import uvicorn
 
-    # Keep idle connections longer than clients do (httpx: 5 s), so a client never sends on one we are closing.
-    server = uvicorn.Server(uvicorn.Config(create_app(router), host=host, port=port, log_level="warning",
-                                           lifespan="off", access_log=False, timeout_keep_alive=75))
-    task = asyncio.create_task(server.serve())
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                                           access_log=False, timeout_keep_alive=KEEP_ALIVE_S))
+
+    async def run() -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn exits the process when it cannot bind: not ours to end
+            await server.serve()
+
+    task = asyncio.create_task(run())
     try:
         while not server.started:
             if task.done():
-                task.result()  # raises why it could not start (port taken, ...)
-                raise RuntimeError(f"router server on {host}:{port} stopped at start")
+                task.result()
+                raise OSError(f"could not listen on {host}:{port}")
             await asyncio.sleep(0.02)
         bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
         yield f"http://{host}:{bound}"
@@ -372,6 +384,15 @@ async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 808
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
+    """Serve `router` on host:port in the running event loop; yields its base URL; stops on exit."""
+    try:
+        async with serve_app(create_app(router), host, port) as url:
+            yield url
+    finally:
         await router.aclose()
 
 
