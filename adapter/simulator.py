@@ -15,10 +15,13 @@ What is simulated (details in `adapter.sim.*`):
   and mean (`adapter.sim.service`).
 - **Routing**: per stage, a replica group drawn by `load_share`, then its least-outstanding replica (the
   router's rule); stages chained, a request dropped before a stage once its deadline has passed.
-- **Reconfiguration**: every `interval_s` the adapter step runs (predictor, then the policy: the same function
-  the live adapter calls) and its decision is carried out with the costs of the real system: in-place variant
-  and core changes after `switch_delay_s` / `resize_delay_s`, new replicas only after `cold_start_s`, removed
-  replicas draining (`SimSettings`).
+- **Service-time estimates**: each replica judges deadlines with the runtime's own `ServiceTimes` (mean plus
+  `service_time_deviations` mean deviations of its measured batch times), fed with the simulated batches.
+- **Adaptation**: every `interval_s` the live adapter's step runs (`adapter.loop.AdaptationLoop`: history,
+  predictor, the policy under the shared guards), fed by a simulated monitor (`adapter.monitor.Observation`
+  built from the engine's counters, CPU use included for `vpa`), and its decision is carried out with the
+  costs of the real system: in-place variant and core changes after `switch_delay_s` / `resize_delay_s`, new
+  replicas only after `cold_start_s`, removed replicas draining (`SimSettings`).
 - **Output**: per-second columns (`adapter.sim.metrics`) and the end-to-end latency of every answered request.
 
 A run is a pure function of its inputs and `seed`: the same arguments give the same frame, bit for bit.

@@ -208,6 +208,21 @@ def test_an_in_place_switch_takes_effect_after_its_delay() -> None:
     assert result.frame["cores"][5] == pytest.approx(1.0)  # in place: no second replica at any time
 
 
+def test_a_batch_change_during_a_switch_does_not_cancel_it() -> None:
+    spec = graph([{**ONE[0], "batch_sizes": [1, 2]}], interval_s=1)
+    step = fixed({
+        0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)])),
+        10: decision(("s", [ReplicaGroup(variant="f", batch=1, cores=1, count=1)])),
+        11: decision(("s", [ReplicaGroup(variant="f", batch=2, cores=1, count=1)])),
+    })
+    prof = constant_profile({"m": 20.0, "f": 10.0}, batches=(1, 2))
+    result = simulate(spec, np.full(20, 5.0), step, profiles={"s": prof}, seed=5,
+                      settings=SimSettings(switch_delay_s=3.0))
+    acc = result.frame["accuracy"]
+    assert np.all(acc[:12] == pytest.approx(70.0))
+    assert np.all(acc[14:] == pytest.approx(50.0))
+
+
 def test_without_in_place_changes_a_replacement_cold_starts_while_the_old_one_serves() -> None:
     spec = graph(ONE)
     step = fixed({
