@@ -2,8 +2,9 @@
 
 `diagnose` names the constraint that cannot be met (a stage that cannot sustain the load, an SLO below the
 fastest pipeline, a budget below what the load needs, or the SLO and budget together). `fallback` builds the
-degraded configuration: on every stage the fastest variant the policy allows (the most throughput per core;
-the lowest latency when the SLO is what cannot be met), at the capacity the budget allows. It starts each stage at the batch and core size with the most throughput per core, one replica (or the
+degraded configuration: on every stage the variant the policy allows that carries the most of the load on the
+stage's share of the budget (ties: the most throughput per core; the lowest latency instead when the SLO is
+what cannot be met), at the capacity the budget allows. It starts each stage at the batch and core size with the most throughput per core, one replica (or the
 policy's fixed count), then repeatedly grows the stage with the least capacity for its load, by a replica or a
 bigger batch/core size, whichever adds the most capacity per core, until the load is covered or the budget is
 spent. When the SLO itself is out of reach, each stage instead runs its lowest-latency setting (smallest batch,
@@ -61,13 +62,19 @@ def fallback(
     fixed: list[int | None] = []
     for stage, r in zip(problem.stages, restrictions, strict=True):
         allowed = [o for o in stage.options if r.allows(o)] or list(stage.options)
-        # The fastest variant: the most requests per core-second when capacity is short (what the budget can
-        # buy), the lowest latency per request when the SLO is out of reach.
-        speed: dict[str, float] = {}
-        for o in allowed:
-            cost = o.p99_ms / o.batch if slo_fails else o.cores / o.throughput_rps
-            speed[o.variant] = min(speed.get(o.variant, np.inf), cost)
-        variant = min(speed, key=lambda v: speed[v])
+        if slo_fails:  # the fastest variant: the lowest latency per request
+            speed: dict[str, float] = {}
+            for o in allowed:
+                speed[o.variant] = min(speed.get(o.variant, np.inf), o.p99_ms / o.batch)
+            variant = min(speed, key=lambda v: speed[v])
+        else:  # the variant that carries the most of the load on this stage's share of the budget
+            share = problem.budget_cores / len(problem.stages)
+            reach: dict[str, tuple[float, float]] = {}
+            for o in allowed:
+                n = r.replicas if r.replicas is not None else max(1, min(stage.max_replicas, int(share / o.cores + 1e-9)))
+                key = (min(n * o.throughput_rps, need), o.throughput_rps / o.cores)
+                reach[o.variant] = max(reach.get(o.variant, key), key)
+            variant = max(reach, key=lambda v: reach[v])
         mine = [o for o in allowed if o.variant == variant]
         if slo_fails:  # the lowest latency there is: smallest batch, fastest core size
             batch = min(o.batch for o in mine)
