@@ -1,4 +1,4 @@
-"""`ipa demo` end to end on a small family: it serves, bursts, switches, prints its table and stops the server."""
+"""`ipa demo runtime` on a small family: it serves, bursts, switches, prints its table and stops the server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import SMALL_VARIANTS
 
 def test_demo_runs_and_reports(variant_repo: Path, tmp_path: Path) -> None:
     ipa = Path(sys.executable).parent / "ipa"
-    done = subprocess.run([str(ipa), "demo", "--models", str(variant_repo), "--requests", "60"],
+    done = subprocess.run([str(ipa), "demo", "runtime", "--models", str(variant_repo), "--requests", "60"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
