@@ -177,7 +177,7 @@ class AdaptationLoop:
         policy_state = state.policy_state if state.policy == config.settings.policy else PolicyState()
         context = PolicyContext(
             now=now, predicted_load_rps=predicted, observed_load_rps=history[-self.settings.observed_s:],
-            cpu_usage=cpu, current=current)
+            cpu_usage=cpu, network_delay_ms=observation.network_delay_ms, current=current)
         try:
             decision, policy_state = decide(context, config, policy_state)
         except UsageError as e:  # ProblemError, SpecError: the inputs cannot be decided on

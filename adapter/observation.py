@@ -45,6 +45,9 @@ class Observation:
     dropped: int = 0
     """requests a replica refused (deadline cannot be met, queue full)"""
     deadline_misses: int = 0
+    network_delay_ms: float = 0.0
+    """the most network time a request had spent before it reached the pipeline (SLO minus the budget it
+    arrived with), over the window: Sponge's cl_max, which the `sponge` policy takes off the SLO"""
     stages: tuple[StageObservation, ...] = ()
     notes: tuple[str, ...] = ()
     """partial problems that did not make the observation unavailable (a replica not scraped)"""

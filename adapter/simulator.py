@@ -118,7 +118,7 @@ def simulate(
     slo_s = (np.full(arrivals.shape, spec.slo_ms) if budgets_ms is None else np.asarray(budgets_ms)) / 1000.0
     profiles = profiles if profiles is not None else load_graph_profiles(spec)
     engine = Engine(spec, profiles, settings, seed)
-    monitor = _Monitor(spec, engine, counts)
+    monitor = _Monitor(spec, engine, counts, arrivals, spec.slo_ms - slo_s * 1000.0)
     kept: list[str] = []
     if callable(policy):
         step = policy
@@ -197,8 +197,11 @@ def _loop_step(
 class _Monitor:
     """What the live monitor reads from /metrics, read from the engine's counters instead."""
 
-    def __init__(self, spec: GraphSpec, engine: Engine, counts: np.ndarray) -> None:
+    def __init__(self, spec: GraphSpec, engine: Engine, counts: np.ndarray, arrivals: np.ndarray,
+                 network_ms: np.ndarray) -> None:
         self.spec, self.engine, self.counts = spec, engine, counts
+        self.arrivals, self.network_ms = arrivals, network_ms
+        """per request, the network time it spent before arriving (its SLO minus its budget)"""
         self.last: Counters = engine.counters()
 
     def observe(self, now: float) -> Observation:
@@ -218,7 +221,10 @@ class _Monitor:
             for i, st in enumerate(self.spec.stages)
         )
         arrived = c.stage_arrivals[0] - p.stage_arrivals[0]
+        lo, hi = np.searchsorted(self.arrivals, [p.at, now])
+        cl_max = float(self.network_ms[lo:hi].max()) if hi > lo else 0.0
         return Observation(
             at=now, window_s=window, load_rps=arrived / window, rates=rates, p99_ms=p99, requests=arrived,
-            dropped=c.dropped - p.dropped, deadline_misses=c.late - p.late, stages=stages,
+            dropped=c.dropped - p.dropped, deadline_misses=c.late - p.late, network_delay_ms=max(0.0, cl_max),
+            stages=stages,
         )

@@ -311,3 +311,17 @@ def test_a_seeded_run_matches_its_golden_summary() -> None:
                 assert got[policy][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (policy, key)
             else:
                 assert got[policy][key] == value, (policy, key)
+
+
+def test_sponge_decides_for_the_slo_minus_the_network_delay_requests_arrived_with(
+    resnet: tuple[GraphSpec, dict[str, Profile]]
+) -> None:
+    """Sponge's cl_max: requests that spent 60 ms on the network leave the pipeline SLO − 60 ms."""
+    spec, profiles = resnet
+    trace = synthetic_trace("steady-low", 120, seed=0)
+    arrivals = arrival_times(trace, seed=0)
+    budgets = np.full(arrivals.shape, spec.slo_ms)
+    budgets[::7] -= 60.0  # every seventh request arrives with 60 ms of its SLO spent
+    run = simulate(spec, trace, "sponge", profiles=profiles, seed=0, arrivals=arrivals, budgets_ms=budgets)
+    decided = [t.decision.slo_ms for t in run.ticks if t.t > 0]
+    assert decided and all(math.isclose(s, spec.slo_ms - 60.0) for s in decided), decided
