@@ -7,9 +7,10 @@ What it does (`ipa demo`, `make demo`, and `benchmarks/fidelity.py` with a short
 
 1. **Workload**: a bursty trace (the synthetic `bursty` shape, or any preset or trace file, e.g. the Twitter
    trace's `bursty` window), compressed in time to `duration_s` seconds (per-block means: a 20-minute pattern
-   played in 2.5 minutes) and scaled so its peak is `peak_rps`: by default the load the policy serves on half the
-   graph's core budget (the other half runs the router and the load generator on the same machine), so the
-   adapter has to switch variants and add cores during the burst and give them back after it.
+   played in 2.5 minutes) and scaled so its peak is `peak_rps`: by default the load the policy serves on a
+   quarter of the graph's core budget (`default_peak_rps`), so the adapter has to switch variants and add cores
+   during the burst and give them back after it, while the router and the load generator, on the same machine,
+   keep their share of it.
 2. **Live run** (`adapter.measured.run_live`): the pipeline up on this machine (`ipa up`'s router, local cluster
    and adapter, a decision every `interval_s`), the arrivals sent open loop with the graph's SLO as each
    request's deadline, everything stopped afterwards.
@@ -128,9 +129,10 @@ def max_load_rps(spec: GraphSpec, policy: str, cores: float) -> float:
 
 
 def default_peak_rps(spec: GraphSpec, policy: str) -> float:
-    """What the policy serves on half the graph's core budget: the router and the load generator run on the same
-    machine and take their share of it, and the adapter still has room to add cores during the burst."""
-    return max(1.0, round(max_load_rps(spec, policy, spec.budget_cores / 2), 1))
+    """What the policy serves on a quarter of the graph's core budget (per the profiles). The router, the load
+    generator and the adapter run on the same machine and take their share of it; the burst still makes the
+    adapter switch variants and add cores, and the quiet phases let it give them back."""
+    return max(1.0, round(max_load_rps(spec, policy, spec.budget_cores / 4), 1))
 
 
 def demo_trace(settings: DemoSettings, spec: GraphSpec) -> Trace:
@@ -175,10 +177,10 @@ def simulations(spec: GraphSpec, trace: Trace, plan: LoadPlan, run: LiveRun, set
     Before the load the live adapter saw `idle_s` seconds of nothing: the simulated one is given that history
     too, so both start from the same first decision."""
     history = np.zeros(min(int(run.idle_s), 900))
-    common = dict(settings=settings.sim, seed=settings.seed, arrivals=plan.times_s, budgets_ms=plan.deadlines_ms)
     own = simulate(spec, trace, settings.policy, predictor=settings.predictor, history=history, name="simulated",
-                   **common)  # type: ignore[arg-type]
-    replayed = simulate(spec, trace, replay(run.ticks, spec.interval_s), name="replayed", **common)  # type: ignore[arg-type]
+                   settings=settings.sim, seed=settings.seed, arrivals=plan.times_s)
+    replayed = simulate(spec, trace, replay(run.ticks, spec.interval_s), name="replayed", settings=settings.sim,
+                        seed=settings.seed, arrivals=plan.times_s)
     return own, replayed
 
 

@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=int, default=d.duration_s, metavar="S",
                    help=f"seconds of load replayed (default {d.duration_s})")
     p.add_argument("--peak-rps", type=float, metavar="R",
-                   help="the load at the peak of the burst (default: what the policy serves on half the graph's "
-                   "core budget, per its profiles)")
+                   help="the load at the peak of the burst (default: what the policy serves on a quarter of the "
+                   "graph's core budget, per its profiles)")
     p.add_argument("--policy", default=d.policy, help=f"one of: {', '.join(POLICIES)} (default {d.policy})")
     p.add_argument("--predictor", default=d.predictor, help="reactive (default), ewma or lstm")
     p.add_argument("--interval", type=float, default=d.interval_s, metavar="S",
