@@ -12,21 +12,24 @@ What it does (`ipa demo`, `make demo`, and `benchmarks/fidelity.py` with a short
    during the burst and give them back after it, while the router and the load generator, on the same machine,
    keep their share of it.
 2. **Live run** (`adapter.measured.run_live`): the pipeline up on this machine (`ipa up`'s router, local cluster
-   and adapter, a decision every `interval_s`), the arrivals sent open loop with the graph's SLO as each
-   request's deadline, everything stopped afterwards.
+   and adapter, a decision every `interval_s`), the trace replayed by `ipa load` in its own process (open loop,
+   Poisson arrivals, the graph's SLO as each request's deadline), everything stopped afterwards.
 3. **Simulations** on the very same arrivals (`adapter.simulator.simulate`, what `ipa experiment` runs):
    `simulated`, the same policy and predictor deciding on the simulator's own observations (the simulator's
    prediction of the whole run), and `replayed`, the live run's decisions replayed at the same times (what the
    simulator says those configurations serve: its model of serving alone).
 4. **Report** in `out` (`adapter.report`: the per-second CSVs, `summary.csv`/`summary.md`, the plots,
-   `meta.json`; `ipa report DIR` redraws it), plus `requests.csv` (one row per request of the live run) and
-   `decisions.jsonl` (the adapter's records), and the fidelity of the simulator (`Fidelity`).
+   `meta.json`; `ipa report DIR` redraws it), plus `trace.txt` (the per-second load replayed), `requests.csv`
+   and `requests.json` (`ipa load`'s rows and summary), `decisions.jsonl` (the adapter's records), and the
+   fidelity of the simulator (`Fidelity`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,7 +39,7 @@ import numpy as np
 from adapter.decision import Decision
 from adapter.embedded import EmbeddedPipeline, UpSettings, build_models
 from adapter.errors import UsageError
-from adapter.loadgen import LoadPlan, V2Payload, make_plan, write_records_csv
+from adapter.loadgen import LoadPlan
 from adapter.measured import LiveRun, latencies_ms, measured_frame, run_live
 from adapter.observation import Observation
 from adapter.policies import POLICIES, PolicyConfig, PolicyContext, PolicySettings, decide
@@ -54,7 +57,6 @@ from adapter.report import (
 from adapter.service import DecisionRecord
 from adapter.sim.metrics import Frame, TickRecord
 from adapter.simulator import AdapterStep, SimResult, SimSettings, simulate
-from adapter.slo import FixedSLO
 from adapter.spec import GraphSpec, load_spec
 from adapter.workload import Trace, workload_from_spec
 
@@ -277,7 +279,8 @@ class DemoResult:
             "predictor); replayed: the live decisions, simulated.",
             *self.fidelity.lines(),
             "",
-            f"report: {self.out}/ (overview.png, summary.md, per-second CSVs, requests.csv, decisions.jsonl)",
+            f"report: {self.out}/ (overview.png, summary.md, per-second CSVs, trace.txt, requests.csv, "
+            "decisions.jsonl)",
         ]
 
 
@@ -309,14 +312,14 @@ async def run_demo(
                     interval_s=settings.interval_s, scale_down_intervals=settings.scale_down_intervals,
                     models=settings.models, repositories=settings.repositories, home=settings.home,
                     initial_load_rps=0.0)
-    repos = build_models(spec, up, progress)
+    repos = await asyncio.to_thread(build_models, spec, up, progress)
     up = replace(up, repositories=repos)
-    payload = V2Payload.random(input_resolution(repos[spec.stages[0].name]), seed=settings.seed)
-    plan = make_plan(trace, arrivals="poisson", seed=settings.seed, slo=FixedSLO(spec.slo_ms - spec.network_ms))
     progress(f"ipa demo: {spec.name} up with policy {settings.policy}, predictor {settings.predictor}, a decision "
-             f"every {settings.interval_s:g} s; replaying {trace.name}: {len(plan)} requests "
-             f"({trace.mean_rps:.1f} rps on average, {trace.peak_rps:.1f} at the peak) ...")
-    run = await run_live(spec, plan, payload, up, progress=progress, on_record=on_record, on_up=on_up)
+             f"every {settings.interval_s:g} s; replaying {trace.name} ({trace.mean_rps:.1f} rps on average, "
+             f"{trace.peak_rps:.1f} at the peak) with ipa load ...")
+    run = await run_live(spec, trace, up, settings.out, resolution=input_resolution(repos[spec.stages[0].name]),
+                         seed=settings.seed, progress=progress, on_record=on_record, on_up=on_up)
+    plan = run.plan
 
     progress("ipa demo: simulating the same arrivals ...")
     own, replayed = simulations(spec, trace, plan, run, settings)
@@ -329,6 +332,18 @@ async def run_demo(
     return DemoResult(spec, trace, run, frames, summaries, fid, settings.out, title)
 
 
+def reproduce(settings: DemoSettings, trace: Trace) -> str:
+    """The `ipa demo` command that replays the same arrivals (the peak as it was, computed or given)."""
+    argv = ["ipa", "demo", "--graph", str(settings.graph), "--trace", settings.trace]
+    if settings.trace_file is not None:
+        argv += ["--trace-file", str(settings.trace_file)]
+    argv += ["--duration", str(settings.duration_s), "--peak-rps", f"{trace.peak_rps:g}", "--policy",
+             settings.policy, "--predictor", settings.predictor, "--interval", f"{settings.interval_s:g}",
+             "--scale-down-after", str(settings.scale_down_intervals), "--seed", str(settings.seed),
+             "--out", str(settings.out)]
+    return shlex.join(argv)
+
+
 def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames: Mapping[str, Frame],
                  summaries: list[Summary], title: str, settings: DemoSettings, fid: Fidelity) -> None:
     """The results folder `ipa experiment` writes (so `ipa report` redraws it), with the live run's records."""
@@ -337,11 +352,10 @@ def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames:
         write_frame(out / f"{name}.csv", frame)
     notes = ("real: measured on this machine (latency from the client, cores held by the replicas); simulated: "
              "the simulator with the same arrivals, policy and predictor; replayed: the simulator running the live "
-             "decisions at the same times.")
+             f"decisions at the same times.\n\nReproduce: `{reproduce(settings, trace)}`")
     write_summary(out, summaries, title, notes)
     plot_frames(frames, out, slo_ms=spec.slo_ms, title=title)
     plot_tradeoff(summaries, out, title)
-    write_records_csv(run.requests, out / "requests.csv")
     with open(out / "decisions.jsonl", "w", encoding="utf-8") as f:
         for r in run.decisions:
             f.write(r.model_dump_json() + "\n")

@@ -42,10 +42,11 @@ def demo_args(tmp: Path, repo: Path, duration: int) -> list[str]:
             "--home", str(tmp / "ipa")]
 
 
-def left_running(home: Path) -> list[str]:
-    """Processes whose command line names `home` (the replicas' run folders are under it)."""
+def left_running(folder: Path) -> list[str]:
+    """Processes whose command line names `folder` (replicas run from the demo's home, `ipa load` reads the trace
+    from its report folder: both under the test's folder)."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(home) in line and "ps -ww" not in line]
+    return [line for line in out.splitlines() if str(folder) in line and "ps -ww" not in line]
 
 
 def test_the_demo_reports_live_beside_simulated(variant_repo: Path, tmp_path: Path) -> None:
@@ -56,8 +57,8 @@ def test_the_demo_reports_live_beside_simulated(variant_repo: Path, tmp_path: Pa
 
     report = tmp_path / "report"
     for name in ("summary.csv", "summary.md", "overview.png", "load.png", "accuracy.png", "cores.png",
-                 "latency.png", "tradeoff.png", "real.csv", "simulated.csv", "replayed.csv", "requests.csv",
-                 "decisions.jsonl", "meta.json"):
+                 "latency.png", "tradeoff.png", "real.csv", "simulated.csv", "replayed.csv", "trace.txt",
+                 "requests.csv", "requests.json", "decisions.jsonl", "meta.json"):
         assert (report / name).is_file(), name
     rows = {r["policy"]: r for r in csv.DictReader((report / "summary.csv").open())}
     assert list(rows) == ["real", "simulated", "replayed"]
@@ -72,7 +73,7 @@ def test_the_demo_reports_live_beside_simulated(variant_repo: Path, tmp_path: Pa
 
     assert "| real |" in out and "| simulated |" in out and "| replayed |" in out, out
     assert "p99 latency" in out and "cores (mean)" in out and f"report: {report}" in out, out
-    assert not left_running(tmp_path / "ipa"), left_running(tmp_path / "ipa")
+    assert not left_running(tmp_path), left_running(tmp_path)
     assert not (tmp_path / "ipa" / "demo-small" / "state.json").exists()
 
 
@@ -87,7 +88,8 @@ def test_ctrl_c_stops_the_demo_and_leaves_nothing(variant_repo: Path, tmp_path: 
             assert line, "".join(lines)
             lines.append(line)
         time.sleep(3)  # the load is running
-        assert left_running(tmp_path / "ipa"), "a replica runs under the demo's home"
+        running = left_running(tmp_path)
+        assert any(" load " in line for line in running) and any("mlserver" in line for line in running), running
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -96,7 +98,7 @@ def test_ctrl_c_stops_the_demo_and_leaves_nothing(variant_repo: Path, tmp_path: 
             proc.wait()
     assert proc.returncode == 130, "".join(lines) + rest
     assert "nothing left running" in rest, rest
-    assert not left_running(tmp_path / "ipa"), left_running(tmp_path / "ipa")
+    assert not left_running(tmp_path), left_running(tmp_path)
     controller = detect_cpu_controller()
     if controller.parent is not None:
         assert not list(controller.parent.glob(f"ipa-{proc.pid}-*")), "the demo's cgroups were removed"
