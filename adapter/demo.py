@@ -7,10 +7,10 @@ What it does (`ipa demo`, `make demo`, and `benchmarks/fidelity.py` with a short
 
 1. **Workload**: a bursty trace (the synthetic `bursty` shape, or any preset or trace file, e.g. the Twitter
    trace's `bursty` window), compressed in time to `duration_s` seconds (per-block means: a 20-minute pattern
-   played in 2.5 minutes) and scaled so its peak is `peak_rps`: by default the load the policy serves on a
-   quarter of the graph's core budget (`default_peak_rps`), so the adapter has to switch variants and add cores
-   during the burst and give them back after it, while the router and the load generator, on the same machine,
-   keep their share of it.
+   played in 2.5 minutes) and scaled so its peak is `peak_rps`: by default the load the policy serves on half
+   the pipeline's core budget (`default_peak_rps`), so the adapter has to switch variants and add cores during
+   the burst and give them back after it. The budget is the graph's, but at most the machine's cores less one
+   (`default_budget`): the router, the adapter and the load generator run on the same machine.
 2. **Live run** (`adapter.measured.run_live`): the pipeline up on this machine (`ipa up`'s router, local cluster
    and adapter, a decision every `interval_s`), the trace replayed by `ipa load` in its own process (open loop,
    Poisson arrivals, the graph's SLO as each request's deadline), everything stopped afterwards.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -78,6 +79,9 @@ class DemoSettings:
     """seconds of load replayed: the trace is compressed in time to this length"""
     peak_rps: float | None = None
     """the compressed trace's peak load (default: `default_peak_rps`)"""
+    budget_cores: float | None = None
+    """cores the pipeline may use (default: `default_budget`: the graph's, leaving one core of this machine to the
+    router, the adapter and the load generator)"""
     policy: str = "joint"
     predictor: str = "reactive"
     interval_s: float = 5.0
@@ -130,11 +134,20 @@ def max_load_rps(spec: GraphSpec, policy: str, cores: float) -> float:
     return lo
 
 
+def default_budget(spec: GraphSpec, cpus: int | None) -> float:
+    """The graph's core budget, but at most this machine's cores less one, on the `cpu_step` grid: the router,
+    the adapter and the load generator run here too, and replicas that could take every core would starve them
+    (then requests queue in front of the pipeline, where no deadline is enforced, and the run collapses)."""
+    spare = max(1, (cpus or 1) - 1)
+    budget = min(spec.budget_cores, float(spare))
+    smallest = sum(min(st.cores) for st in spec.stages)  # one replica of every stage
+    return max(budget - budget % spec.cpu_step, smallest)
+
+
 def default_peak_rps(spec: GraphSpec, policy: str) -> float:
-    """What the policy serves on a quarter of the graph's core budget (per the profiles). The router, the load
-    generator and the adapter run on the same machine and take their share of it; the burst still makes the
-    adapter switch variants and add cores, and the quiet phases let it give them back."""
-    return max(1.0, round(max_load_rps(spec, policy, spec.budget_cores / 4), 1))
+    """What the policy serves on half the pipeline's core budget (per the profiles): the burst makes the adapter
+    switch variants and add cores, the quiet phases let it give them back."""
+    return max(1.0, round(max_load_rps(spec, policy, spec.budget_cores / 2), 1))
 
 
 def demo_trace(settings: DemoSettings, spec: GraphSpec) -> Trace:
@@ -271,7 +284,7 @@ class DemoResult:
         return [
             f"{self.title}: {len(self.run.plan)} requests in {self.run.plan.duration_s:g} s, "
             f"{len(decisions)} decisions ({moved} changed the deployment; variants used: {', '.join(variants)}); "
-            f"CPU limits: {self.run.cpu_limit}",
+            f"budget {self.spec.budget_cores:g} cores; CPU limits: {self.run.cpu_limit}",
             "",
             *table,
             "",
@@ -294,8 +307,14 @@ def check(settings: DemoSettings) -> GraphSpec:
         raise UsageError(f"interval must be > 0 seconds, got {settings.interval_s}")
     if settings.peak_rps is not None and not settings.peak_rps > 0:
         raise UsageError(f"peak load must be > 0 rps, got {settings.peak_rps}")
+    if settings.budget_cores is not None and not settings.budget_cores > 0:
+        raise UsageError(f"budget must be > 0 cores, got {settings.budget_cores}")
     spec = load_spec(settings.graph, require_profiles=True)
-    return spec.model_copy(update={"interval_s": settings.interval_s})
+    budget = settings.budget_cores if settings.budget_cores is not None else default_budget(spec, os.cpu_count())
+    smallest = sum(min(st.cores) for st in spec.stages)
+    if budget < smallest - 1e-9:
+        raise UsageError(f"a budget of {budget:g} cores is below the {smallest:g} one replica of every stage needs")
+    return spec.model_copy(update={"interval_s": settings.interval_s, "budget_cores": budget})
 
 
 async def run_demo(
@@ -315,7 +334,7 @@ async def run_demo(
     repos = await asyncio.to_thread(build_models, spec, up, progress)
     up = replace(up, repositories=repos)
     progress(f"ipa demo: {spec.name} up with policy {settings.policy}, predictor {settings.predictor}, a decision "
-             f"every {settings.interval_s:g} s; replaying {trace.name} ({trace.mean_rps:.1f} rps on average, "
+             f"every {settings.interval_s:g} s, {spec.budget_cores:g} cores at most; replaying {trace.name} ({trace.mean_rps:.1f} rps on average, "
              f"{trace.peak_rps:.1f} at the peak) with ipa load ...")
     run = await run_live(spec, trace, up, settings.out, resolution=input_resolution(repos[spec.stages[0].name]),
                          seed=settings.seed, progress=progress, on_record=on_record, on_up=on_up)
@@ -332,13 +351,14 @@ async def run_demo(
     return DemoResult(spec, trace, run, frames, summaries, fid, settings.out, title)
 
 
-def reproduce(settings: DemoSettings, trace: Trace) -> str:
+def reproduce(settings: DemoSettings, spec: GraphSpec, trace: Trace) -> str:
     """The `ipa demo` command that replays the same arrivals (the peak as it was, computed or given)."""
     argv = ["ipa", "demo", "--graph", str(settings.graph), "--trace", settings.trace]
     if settings.trace_file is not None:
         argv += ["--trace-file", str(settings.trace_file)]
-    argv += ["--duration", str(settings.duration_s), "--peak-rps", f"{trace.peak_rps:g}", "--policy",
-             settings.policy, "--predictor", settings.predictor, "--interval", f"{settings.interval_s:g}",
+    argv += ["--duration", str(settings.duration_s), "--peak-rps", f"{trace.peak_rps:g}",
+             "--budget-cores", f"{spec.budget_cores:g}", "--policy", settings.policy,
+             "--predictor", settings.predictor, "--interval", f"{settings.interval_s:g}",
              "--scale-down-after", str(settings.scale_down_intervals), "--seed", str(settings.seed),
              "--out", str(settings.out)]
     return shlex.join(argv)
@@ -352,7 +372,7 @@ def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames:
         write_frame(out / f"{name}.csv", frame)
     notes = ("real: measured on this machine (latency from the client, cores held by the replicas); simulated: "
              "the simulator with the same arrivals, policy and predictor; replayed: the simulator running the live "
-             f"decisions at the same times.\n\nReproduce: `{reproduce(settings, trace)}`")
+             f"decisions at the same times.\n\nReproduce: `{reproduce(settings, spec, trace)}`")
     write_summary(out, summaries, title, notes)
     plot_frames(frames, out, slo_ms=spec.slo_ms, title=title)
     plot_tradeoff(summaries, out, title)
@@ -363,7 +383,7 @@ def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames:
         "title": title, "notes": notes, "spec": str(spec.source) if spec.source else spec.name,
         "trace": trace.name, "duration_s": len(trace), "requests": len(run.plan), "policies": list(frames),
         "policy": settings.policy, "predictor": settings.predictor, "seed": settings.seed, "arrivals": "poisson",
-        "slo_ms": spec.slo_ms, "interval_s": spec.interval_s, "objective": spec.objective.model_dump(),
+        "slo_ms": spec.slo_ms, "interval_s": spec.interval_s, "budget_cores": spec.budget_cores, "objective": spec.objective.model_dump(),
         "idle_s": run.idle_s, "cpu_limit": run.cpu_limit, "settings": asdict(settings.sim),
         "fidelity": {**asdict(fid), "p99_error_pct": fid.p99_error_pct},
     }

@@ -1,7 +1,7 @@
 """Simulator fidelity: one short bursty trace through the real local cluster and through the simulator.
 
     .venv/bin/python benchmarks/fidelity.py [--graph inference_graphs/resnet.yaml] [--trace synthetic:bursty]
-        [--duration 120] [--peak-rps R] [--interval 5] [--seeds 0,1] [--out DIR]
+        [--duration 120] [--peak-rps R] [--budget-cores C] [--interval 5] [--seeds 0,1] [--out DIR]
 
 Per seed, the demo's run (`adapter.demo.run_demo`): the pipeline up on this machine with the joint policy and the
 reactive predictor, the trace replayed open loop, then the same arrivals simulated with the same policy and
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--trace-file", type=Path)
     ap.add_argument("--duration", type=int, default=120, help="seconds of load per run (default 120)")
     ap.add_argument("--peak-rps", type=float, help="peak load (default: the demo's)")
+    ap.add_argument("--budget-cores", type=float, help="cores the pipeline may use (default: the demo's)")
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--policy", default="joint")
     ap.add_argument("--predictor", default="reactive")
@@ -60,7 +61,8 @@ def main() -> None:
         rows: list[str] = []
         for seed in seeds:
             settings = DemoSettings(graph=args.graph, trace=args.trace, trace_file=args.trace_file,
-                                    duration_s=args.duration, peak_rps=args.peak_rps, policy=args.policy,
+                                    duration_s=args.duration, peak_rps=args.peak_rps, budget_cores=args.budget_cores,
+                                    policy=args.policy,
                                     predictor=args.predictor, interval_s=args.interval, seed=seed,
                                     out=base / f"seed-{seed}", models=args.models, home=Path(tmp) / "ipa")
             before = _load_average()
@@ -71,7 +73,8 @@ def main() -> None:
 
         r0 = results[0]
         print(f"\nsimulator fidelity: {r0.spec.name}, {r0.trace.name}, {args.policy}/{args.predictor}, a decision "
-              f"every {args.interval:g} s, CPU limits {r0.run.cpu_limit}, {os.cpu_count()} CPUs")
+              f"every {args.interval:g} s, budget {r0.spec.budget_cores:g} cores, CPU limits {r0.run.cpu_limit}, "
+              f"{os.cpu_count()} CPUs")
         print(f"{'seed':>4} {'reqs':>6} {'p99 real':>8} {'p99 sim':>8} {'err %':>7} {'p99 rep':>8} {'err %':>7} "
               f"{'drop% r':>7} {'drop% s':>7} {'cores r':>6} {'cores s':>6} {'same %':>6}   load average")
         for row in rows:

@@ -46,8 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=int, default=d.duration_s, metavar="S",
                    help=f"seconds of load replayed (default {d.duration_s})")
     p.add_argument("--peak-rps", type=float, metavar="R",
-                   help="the load at the peak of the burst (default: what the policy serves on a quarter of the "
-                   "graph's core budget, per its profiles)")
+                   help="the load at the peak of the burst (default: what the policy serves on half the core "
+                   "budget, per the profiles)")
+    p.add_argument("--budget-cores", type=float, metavar="C",
+                   help="cores the pipeline may use (default: the graph's budget_cores, at most this machine's "
+                   "cores less one, which the router, the adapter and the load generator need)")
     p.add_argument("--policy", default=d.policy, help=f"one of: {', '.join(POLICIES)} (default {d.policy})")
     p.add_argument("--predictor", default=d.predictor, help="reactive (default), ewma or lstm")
     p.add_argument("--interval", type=float, default=d.interval_s, metavar="S",
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--scale-down-after: at least 1, got {args.scale_down_after}")
     settings = DemoSettings(
         graph=args.graph, trace=args.trace, trace_file=args.trace_file, duration_s=args.duration,
-        peak_rps=args.peak_rps, policy=args.policy, predictor=args.predictor, interval_s=args.interval,
+        peak_rps=args.peak_rps, budget_cores=args.budget_cores, policy=args.policy, predictor=args.predictor, interval_s=args.interval,
         scale_down_intervals=args.scale_down_after, seed=args.seed, out=args.out, models=args.models,
         repositories=_repositories(args.repository), home=args.home)
 
