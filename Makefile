@@ -44,7 +44,7 @@ test: install models lint typecheck
 	$(BIN)/pytest
 
 demo: install models
-	$(BIN)/ipa demo --models $(MODELS)/resnet
+	$(BIN)/ipa demo --models $(MODELS)
 
 clean:
 	rm -rf $(VENV) build
