@@ -10,6 +10,10 @@ In order:
    `scale_down_intervals` intervals in a row. Until then the decision in force is kept, if it still meets every
    constraint at the new load. The count lives in `PolicyState`; no clock is read.
 
+5. ties: when the decision in force, judged again at the new load, meets every constraint and scores as well
+   as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
+   alternated between two half-core replicas and one one-core replica, interval after interval).
+
 Every change is written to the decision's `notes`; a decision the guards changed is judged again (`assess`), so
 its status and predictions are those of what will actually run.
 """
@@ -33,7 +37,8 @@ def guarded(policy: Policy) -> Policy:
         decision, state = policy(context, config, state)
         decision = bound(decision, config)
         decision = fit_budget(decision, config)
-        return hold_scale_down(decision, context, config, state)
+        decision, state = hold_scale_down(decision, context, config, state)
+        return keep_on_tie(decision, context, config), state
 
     run.__name__ = f"guarded_{getattr(policy, '__name__', 'policy')}"
     run.__doc__ = policy.__doc__
@@ -174,3 +179,22 @@ def hold_scale_down(
     )
     held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
     return held, PolicyState(scale_down_streak=streak)
+
+
+def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig) -> Decision:
+    """Guard 5: keep the decision in force when it is still feasible and scores as well as `decision`."""
+    current = context.current
+    if (
+        current is None
+        or decision.status != "optimal"
+        or [s.name for s in current.stages] != [s.name for s in decision.stages]
+        or [s.replicas for s in current.stages] == [s.replicas for s in decision.stages]
+    ):
+        return decision
+    base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
+    kept = rejudge(base, config, list(current.stages), [])
+    value = decision.objective.value
+    if kept.status != "optimal" or kept.objective.value < value - 1e-9 * max(1.0, abs(value)):
+        return decision
+    note = "tie: the decision in force scores as well at this load; kept (no reconfiguration)"
+    return kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from solver_fixtures import RESNET, YOLO, make_spec, profiles_for, stage
+from solver_fixtures import RESNET, YOLO, SyntheticProfile, make_spec, profiles_for, stage
 
 from adapter.decision import Decision
 from adapter.policies import (
@@ -291,3 +291,27 @@ def test_every_shipped_graph_is_loaded_and_solved(path: Path) -> None:
         assert len(d.stages) == len(spec.stages)
     joint = decide(ctx(1.0), cfg)[0]
     assert joint.status == "optimal", joint.reason
+
+
+def test_an_equally_good_deployment_in_force_is_kept() -> None:
+    """Two variants alike in accuracy and speed: whichever runs stays, with no reconfiguration."""
+    spec = make_spec([stage("classifier", {"twin-a": (70.0, 20.0), "twin-b": (70.0, 20.0)})])
+    cfg = PolicyConfig.create(spec, {"classifier": SyntheticProfile({"twin-a": 20.0, "twin-b": 20.0})},
+                              PolicySettings(policy="joint"))
+    fresh, _ = decide(ctx(40.0), cfg)
+    chosen = fresh.stages[0].replicas[0].variant
+    other = "twin-b" if chosen == "twin-a" else "twin-a"
+    swapped = [g.model_copy(update={"variant": other}) for g in fresh.stages[0].replicas]
+    current = fresh.model_copy(update={"stages": [fresh.stages[0].model_copy(update={"replicas": swapped})]})
+    d, _ = decide(ctx(40.0, current=current), cfg)
+    assert [g.variant for g in d.stages[0].replicas] == [other]
+    assert any(n.startswith("tie:") for n in d.notes)
+    # a better deployment still replaces it: the accurate twin wins over a slower, less accurate one
+    worse = make_spec([stage("classifier", {"twin-a": (70.0, 20.0), "twin-b": (60.0, 20.0)})])
+    cfg = PolicyConfig.create(worse, {"classifier": SyntheticProfile({"twin-a": 20.0, "twin-b": 20.0})},
+                              PolicySettings(policy="joint"))
+    fresh, _ = decide(ctx(40.0), cfg)
+    swapped = [g.model_copy(update={"variant": "twin-b"}) for g in fresh.stages[0].replicas]
+    current = fresh.model_copy(update={"stages": [fresh.stages[0].model_copy(update={"replicas": swapped})]})
+    d, _ = decide(ctx(40.0, current=current), cfg)
+    assert [g.variant for g in d.stages[0].replicas] == ["twin-a"]
