@@ -12,7 +12,8 @@ by a replica and served after their deadline. Two sources give the same `Observa
 
 What is read where (names of `mlserver_ipa.router` and `mlserver_ipa.metrics`):
 
-    load, errors       router  ipa_router_requests_total{pipeline,code}
+    load               router  ipa_router_arrivals_total{pipeline} (counted on arrival, not on answer)
+    answered, errors   router  ipa_router_requests_total{pipeline,code}
     p99 end to end     router  ipa_router_request_duration_seconds_bucket{pipeline}
     stage arrivals     router  ipa_router_stage_requests_total{pipeline,stage,variant,code}
     stage p99          router  ipa_router_stage_duration_seconds_bucket{pipeline,stage}
@@ -171,16 +172,16 @@ class DirectSource:
         resp.raise_for_status()
         return parse_samples(resp.text)
 
-    def _requests(self, samples: Samples) -> float:
-        return total(samples, "ipa_router_requests_total", pipeline=self.pipeline)
+    def _arrivals(self, samples: Samples) -> float:
+        return total(samples, "ipa_router_arrivals_total", pipeline=self.pipeline)
 
     async def sample(self, now: float) -> None:
-        """Read the router's request counter, for the per-second load between observations."""
+        """Read the router's arrival counter, for the per-second load between observations."""
         try:
             samples = await self._scrape(self.router_metrics_url)
         except (httpx.HTTPError, ValueError):
             return  # the observation will say why
-        self._samples.append((now, self._requests(samples)))
+        self._samples.append((now, self._arrivals(samples)))
 
     async def observe(self, now: float) -> Observation:
         last_at = self._router.at if self._router is not None else self.started_at
@@ -193,13 +194,13 @@ class DirectSource:
                                                         f" {type(e).__name__}: {e}".rstrip(": "))
         before = self._router.samples if self._router is not None else None
         d = increase(router_now, before)
-        requests = self._requests(d)
+        requests = self._arrivals(d)
         errors = total(d, "ipa_router_requests_total", lambda lb: lb.get("code") != "200", pipeline=self.pipeline)
         p99 = histogram_quantile(QUANTILE, buckets(d, "ipa_router_request_duration_seconds", pipeline=self.pipeline))
         stage_calls = by_label(d, "ipa_router_stage_requests_total", "stage", pipeline=self.pipeline)
 
-        points = [(last_at, self._requests(before) if before is not None else 0.0),
-                  *[(t, c) for t, c in self._samples if last_at < t < now], (now, self._requests(router_now))]
+        points = [(last_at, self._arrivals(before) if before is not None else 0.0),
+                  *[(t, c) for t, c in self._samples if last_at < t < now], (now, self._arrivals(router_now))]
         self._samples.clear()
         self._router = _Scrape(now, router_now)
 

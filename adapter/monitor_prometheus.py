@@ -5,8 +5,8 @@ scrapes the router and the replicas (for the local cluster: `file_sd_configs` on
 `prometheus-targets.json`, whose targets carry the labels `pipeline`, `stage` and `replica`); this source
 asks it, at the end of every window of W seconds:
 
-    load        sum(increase(ipa_router_requests_total{pipeline="P"}[Ws])) / W
-    per second  sum(irate(ipa_router_requests_total{pipeline="P"}[Ks])), a range query, step 1 s
+    load        sum(increase(ipa_router_arrivals_total{pipeline="P"}[Ws])) / W   (counted on arrival)
+    per second  sum(irate(ipa_router_arrivals_total{pipeline="P"}[Ks])), a range query, step 1 s
     p99         histogram_quantile(0.99, sum by (le) (rate(ipa_router_request_duration_seconds_bucket[Ws])))
     per stage   the same by `stage`; drops, misses and process CPU by the replicas' `stage` label
 
@@ -114,7 +114,7 @@ class PrometheusSource:
         if router_up < 1:
             return Observation.unavailable(now, window, f"Prometheus at {self.settings.url} cannot scrape the "
                                                         f"router of {sel} (up == 0)")
-        requests_in = _value(q(f"sum(increase(ipa_router_requests_total{{{sel}}}{rng}))")) or 0.0
+        requests_in = _value(q(f"sum(increase(ipa_router_arrivals_total{{{sel}}}{rng}))")) or 0.0
         errors = _value(q(f'sum(increase(ipa_router_requests_total{{{sel},code!="200"}}{rng}))')) or 0.0
         p99 = _value(q(f"histogram_quantile(0.99, sum by (le) "
                        f"(rate(ipa_router_request_duration_seconds_bucket{{{sel}}}{rng})))"))
@@ -142,7 +142,7 @@ class PrometheusSource:
         seconds = max(1, round(window))
         end = self.wallclock()
         start = end - seconds + 1
-        query = f"sum(irate(ipa_router_requests_total{{{sel}}}[{math.ceil(self.settings.irate_window_s)}s]))"
+        query = f"sum(irate(ipa_router_arrivals_total{{{sel}}}[{math.ceil(self.settings.irate_window_s)}s]))"
         result = prom.custom_query_range(query, start_time=datetime.fromtimestamp(start, UTC),
                                          end_time=datetime.fromtimestamp(end, UTC), step="1")
         if not result:

@@ -40,6 +40,7 @@ class Observation:
     p99_ms: float | None = None
     """end-to-end p99 at the router; None when nothing was answered"""
     requests: int = 0
+    """requests that arrived at the pipeline in the window"""
     errors: int = 0
     """requests the pipeline answered with an error (any status but 200)"""
     dropped: int = 0

@@ -96,7 +96,11 @@ class PipelineRouter:
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
         self._changed = asyncio.Event()
         labels = ["pipeline"]
-        self.m_requests = Counter("ipa_router_requests", "Pipeline requests by HTTP status",
+        # Arrivals are counted when a request comes in, answers when it leaves: under overload the two differ,
+        # and the adapter must see the load that arrives, not the load that was served.
+        self.m_arrivals = Counter("ipa_router_arrivals", "Pipeline requests received", labels,
+                                  registry=self.registry)
+        self.m_requests = Counter("ipa_router_requests", "Pipeline requests answered, by HTTP status",
                                   [*labels, "code"], registry=self.registry)
         self.m_latency = Histogram("ipa_router_request_duration_seconds", "End-to-end pipeline latency",
                                    labels, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -138,6 +142,7 @@ class PipelineRouter:
         """Serve one V2 request through all stages; raises `PipelineError` with the status to answer."""
         start = self.clock()
         code = 200
+        self.m_arrivals.labels(self.pipeline).inc()
         try:
             return await self._infer(body, start)
         except PipelineError as e:

@@ -15,7 +15,7 @@ import pytest
 from conftest import SMALL_RESOLUTION, MLServer, free_port
 
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute
-from mlserver_ipa.router import PipelineRouter, RouterClient, serve
+from mlserver_ipa.router import PipelineError, PipelineRouter, RouterClient, serve
 
 
 def route(model: str = "resnet", **groups: tuple[float, list[tuple[str, str]]]) -> StageRoute:
@@ -171,3 +171,15 @@ async def test_stages_are_chained(stage_server: MLServer) -> None:
         table = (await c.get("/router")).json()
         assert [s["name"] for s in table["stages"]] == ["first", "second"] and table["ready"]
 
+
+
+async def test_arrivals_are_counted_when_requests_come_in_not_when_they_are_answered() -> None:
+    """The adapter reads the load from the arrivals: under overload the answers lag behind them."""
+    router = PipelineRouter("pipe", ["classifier"])  # no replica yet: every request is answered 503
+    try:
+        with pytest.raises(PipelineError):
+            await router.infer(image_request())
+        assert router.registry.get_sample_value("ipa_router_arrivals_total", {"pipeline": "pipe"}) == 1
+        assert router.registry.get_sample_value("ipa_router_requests_total", {"pipeline": "pipe", "code": "503"}) == 1
+    finally:
+        await router.aclose()
