@@ -10,8 +10,8 @@ In order:
    `scale_down_intervals` intervals in a row. Until then the decision in force is kept, if it still meets every
    constraint at the new load. The count lives in `PolicyState`; no clock is read.
 
-5. ties: when the decision in force, judged again at the new load, meets every constraint and scores as well
-   as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
+5. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
+   constraint and scores as well as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
    alternated between two half-core replicas and one one-core replica, interval after interval).
 
 Every change is written to the decision's `notes`; a decision the guards changed is judged again (`assess`), so
@@ -186,6 +186,7 @@ def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig
     current = context.current
     if (
         current is None
+        or current.policy != decision.policy  # only what this policy itself would run is an alternative
         or decision.status != "optimal"
         or [s.name for s in current.stages] != [s.name for s in decision.stages]
         or [s.replicas for s in current.stages] == [s.replicas for s in decision.stages]

@@ -306,6 +306,9 @@ def test_an_equally_good_deployment_in_force_is_kept() -> None:
     d, _ = decide(ctx(40.0, current=current), cfg)
     assert [g.variant for g in d.stages[0].replicas] == [other]
     assert any(n.startswith("tie:") for n in d.notes)
+    # what another policy put in force is no alternative for this one (a switch of policy takes effect)
+    d, _ = decide(ctx(40.0, current=current.model_copy(update={"policy": "static"})), cfg)
+    assert [g.variant for g in d.stages[0].replicas] == [chosen]
     # a better deployment still replaces it: the accurate twin wins over a slower, less accurate one
     worse = make_spec([stage("classifier", {"twin-a": (70.0, 20.0), "twin-b": (60.0, 20.0)})])
     cfg = PolicyConfig.create(worse, {"classifier": SyntheticProfile({"twin-a": 20.0, "twin-b": 20.0})},
