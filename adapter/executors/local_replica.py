@@ -206,7 +206,7 @@ class ReplicaProcess:
                "MLSERVER_METRICS_PORT": str(self.metrics_port)}
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *mlserver_command(), "start", str(self.folder), cwd=self.folder, env=env,
+                *mlserver_command(), "start", str(self.folder.resolve()), cwd=self.folder, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )

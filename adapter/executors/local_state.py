@@ -23,7 +23,7 @@ TARGETS_FILE = "prometheus-targets.json"
 
 def ipa_home() -> Path:
     """Where local clusters keep their replica folders and state files: `$IPA_HOME`, else `./.ipa`."""
-    return Path(os.environ.get("IPA_HOME", ".ipa"))
+    return Path(os.environ.get("IPA_HOME", ".ipa")).resolve()  # replicas run in their own folders: never relative
 
 
 class ReplicaState(BaseModel):
