@@ -21,6 +21,7 @@ forces one way (e.g. to run unprivileged on a machine where root could write the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -151,19 +152,24 @@ class CpuController:
         removed = []
         for path in self.groups():
             owner = path.name[len(PREFIX) :].split("-", 1)[0]
-            if owner.isdigit() and not _alive(int(owner)):
+            if owner.isdigit() and not process_alive(int(owner)):
                 CpuLimit(self, path.name, path, 0.0).remove()
                 removed.append(path.name)
         return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process its parent has not reaped yet (a zombie) has stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        # /proc/<pid>/stat: "pid (comm) state ...", comm may hold spaces: the state follows the last ')'
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
     return True
 
 
@@ -249,7 +255,7 @@ class CpuLimit:
     def procs(self) -> list[int]:
         """Processes in the group now (for affinity: the attached ones still alive)."""
         if self.path is None:
-            return [p for p in self.pids if _alive(p)]
+            return [p for p in self.pids if process_alive(p)]
         try:
             return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
         except FileNotFoundError:

@@ -29,6 +29,7 @@ from typing import Any
 from adapter.decision import Decision
 from adapter.seldon_rules import validate_seldon_deployment
 from adapter.spec import GraphSpec, StageSpec
+from mlserver_ipa.settings import threads_for
 
 __all__ = [
     "ANNOTATION_PLAN", "API_VERSION", "ComponentPlan", "GROUP", "LABEL_GRAPH", "LABEL_PREDICTOR", "LABEL_STAGE",
@@ -86,10 +87,6 @@ def cpu_quantity(cores: float) -> str:
     millis = round(cores * 1000)
     return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
 
-
-def threads_for(cores: float) -> int:
-    """onnxruntime threads for a CPU limit: one per (started) core, as the local executor does."""
-    return max(1, math.ceil(cores - 1e-9))
 
 
 # -- the plan ---------------------------------------------------------------------------------------------

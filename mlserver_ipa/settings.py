@@ -16,6 +16,7 @@ on that path answer. `RequestSLO` is read from V2 request `parameters` (`deadlin
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -147,3 +148,8 @@ def describe_validation_error(e: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def threads_for(cores: float) -> int:
+    """onnxruntime intra-op threads for a CPU limit: one per (started) core. Every executor uses this rule."""
+    return max(1, math.ceil(cores - 1e-9))

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from adapter.cgroups import process_alive
 from adapter.embedded import UP_FILE, EmbeddedPipeline, UpSettings
 from adapter.errors import UsageError
 from adapter.executors.local import cancel_on_signals
@@ -133,21 +134,6 @@ def banner(up: EmbeddedPipeline) -> str:
 # -- down ----------------------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; an exited process its parent has not reaped yet (a zombie) has stopped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        # /proc/<pid>/stat: "pid (comm) state ...", comm may hold spaces: the state follows the last ')'
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-    return True
-
-
 def owners(home: Path, pipeline: str | None) -> dict[str, int]:
     """Per pipeline found under `home`, the pid of the process that runs it (`up.json`, else `state.json`)."""
     found: dict[str, int] = {}
@@ -170,19 +156,19 @@ def run_down(args: argparse.Namespace) -> int:
         print(f"no {what} running (nothing under {home})")
         return 1
     for pipeline, pid in found.items():
-        if pid == os.getpid() or not _alive(pid):
+        if pid == os.getpid() or not process_alive(pid):
             print(f"{pipeline}: its process {pid} is gone; removing what it left")
         else:
             print(f"{pipeline}: stopping pid {pid} ...", flush=True)
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + args.timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _alive(pid):
+            if process_alive(pid):
                 print(f"{pipeline}: pid {pid} still running after {args.timeout:g} s; killing it", file=sys.stderr)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                while _alive(pid):
+                while process_alive(pid):
                     time.sleep(0.1)
         for name in (UP_FILE, STATE_FILE, "prometheus-targets.json"):
             with contextlib.suppress(FileNotFoundError):

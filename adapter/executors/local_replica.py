@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import math
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ import httpx
 from adapter.cgroups import CpuController, CpuLimit
 from adapter.errors import UsageError
 from adapter.spec import GraphSpec, StageSpec
+from mlserver_ipa.settings import threads_for
 
 RUNTIME = "mlserver_ipa.runtime.VariantRuntime"
 HOST = "127.0.0.1"
@@ -38,10 +38,6 @@ LOG_FILE = "mlserver.log"
 class ReplicaError(RuntimeError):
     """A replica could not start, be reached, or take a change; the message says which and why."""
 
-
-def threads_for(cores: float) -> int:
-    """onnxruntime threads for a CPU limit: one per (started) core."""
-    return max(1, math.ceil(cores - 1e-9))
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
