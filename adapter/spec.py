@@ -200,7 +200,7 @@ def load_spec(path: str | Path, require_profiles: bool = False) -> GraphSpec:
     """Read and validate an inference-graph YAML file.
 
     With `require_profiles` (before solving), a profile file that does not exist is an error too; the message
-    says which `ipa profile` command measures it. `adapter.profile.load_graph_profiles` reads and checks them.
+    says which `ipa profile` command measures it. `adapter.profiling.profile.load_graph_profiles` reads and checks them.
     """
     p = Path(path)
     try:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/fidelity.py [--graph inference_graphs/resnet.yaml] [--trace synthetic:bursty]
         [--duration 120] [--peak-rps R] [--budget-cores C] [--interval 5] [--seeds 0,1] [--out DIR]
 
-Per seed, the demo's run (`adapter.demo.run_demo`): the pipeline up on this machine with the joint policy and the
+Per seed, the demo's run (`adapter.live.demo.run_demo`): the pipeline up on this machine with the joint policy and the
 reactive predictor, the trace replayed open loop, then the same arrivals simulated with the same policy and
 predictor (`simulated`) and with the live decisions replayed (`replayed`). Prints, per seed and on average, how
 far apart the p99 latency, the drops and the cores are. Targets: p99 within 20 %, cores equal.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapter.demo import DemoResult, DemoSettings, run_demo
+from adapter.live.demo import DemoResult, DemoSettings, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

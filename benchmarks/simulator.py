@@ -16,9 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from adapter.simulator import known_policies, simulate
+from adapter.sim.simulator import known_policies, simulate
 from adapter.spec import load_spec
-from adapter.workload import PRESETS, Trace, read_trace, synthetic_trace, workload_from_spec
+from adapter.workloads.traces import PRESETS, Trace, read_trace, synthetic_trace, workload_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TWITTER = ROOT.parent / "shared" / "data" / "traces" / "twitter.tbz2"

@@ -4,7 +4,7 @@ agree with each other and with exhaustive enumeration.
     .venv/bin/python benchmarks/solver.py            # 20 instances per size (takes a while: CBC is slow at 10×10)
     .venv/bin/python benchmarks/solver.py --quick    # 5 instances per size, CBC limited to 5 s
 
-Instances (`adapter.solvers.instances.random_problem`): stages 1, 2, 3, 5, 8, 10 × variants 2, 5, 10, plus the
+Instances (`adapter.decision.solvers.instances.random_problem`): stages 1, 2, 3, 5, 8, 10 × variants 2, 5, 10, plus the
 IPA-sized 5 × 6; each stage has 6 batch sizes × 8 core choices and up to 32 replicas, a realistic latency model,
 and load, SLO and budget drawn around what a middle variant needs (some instances are infeasible: both solvers
 must then return a degraded decision). Times are wall-clock for the whole `solve` call (candidate tables, search,
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapter.decision import Decision
-from adapter.problem import Problem
-from adapter.solvers import solve
-from adapter.solvers.instances import random_problem
+from adapter.decision.model import Decision
+from adapter.decision.problem import Problem
+from adapter.decision.solvers import solve
+from adapter.decision.solvers.instances import random_problem
 
 SIZES = [(s, v) for s in (1, 2, 3, 5, 8, 10) for v in (2, 5, 10)] + [(5, 6)]
 

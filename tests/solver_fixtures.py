@@ -1,6 +1,6 @@
 """Synthetic specs and profiles for the optimizer's tests: a latency model shaped like measured CNN profiles.
 
-`SyntheticProfile` answers `point(variant, batch, cores)` like `adapter.profile.Profile` does, from
+`SyntheticProfile` answers `point(variant, batch, cores)` like `adapter.profiling.profile.Profile` does, from
 `overhead + base·batch^0.85 / cores^0.75`, so the tests need no profile files and any core size has a point.
 """
 

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from conftest import free_port
 
-from adapter.api import ApiSettings, create_app
+from adapter.control.api import ApiSettings, create_app
+from adapter.control.loop import AdaptationLoop
+from adapter.control.monitor import DirectSource
+from adapter.control.service import AdapterService, AdapterSettings
+from adapter.decision.policy_types import PolicyConfig, PolicySettings
 from adapter.executors.dry_run import DryRunExecutor
-from adapter.loop import AdaptationLoop
-from adapter.monitor import DirectSource
-from adapter.policies import PolicyConfig, PolicySettings
-from adapter.service import AdapterService, AdapterSettings
 from adapter.spec import parse_spec
 from mlserver_ipa.router import PipelineRouter, serve
 

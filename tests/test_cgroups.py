@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.cgroups import PERIOD_US, CpuController, detect_cpu_controller, quota_us
+from adapter.executors.cgroups import PERIOD_US, CpuController, detect_cpu_controller, quota_us
 
 SPIN = [sys.executable, "-c", "while True: pass"]
 
@@ -109,7 +109,7 @@ def test_affinity_fallback_pins_whole_cores(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_fallback_warning_is_printed_once(tmp_path: Path) -> None:
-    code = ("from adapter.cgroups import detect_cpu_controller as d\n"
+    code = ("from adapter.executors.cgroups import detect_cpu_controller as d\n"
             "c = d(); d(); c.create('a', 1).attach(__import__('os').getpid())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "IPA_CPU_LIMIT": "affinity"}, cwd=tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from conftest import SMALL_VARIANTS
 
-from adapter.cgroups import detect_cpu_controller
+from adapter.executors.cgroups import detect_cpu_controller
 
 ROOT = Path(__file__).resolve().parents[1]
 IPA = str(Path(sys.executable).parent / "ipa")

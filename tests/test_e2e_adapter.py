@@ -24,12 +24,12 @@ import pytest
 from conftest import SMALL_RESOLUTION
 from prometheus_server import MISSING, PROMETHEUS, start_prometheus
 
-from adapter.embedded import EmbeddedPipeline, UpSettings
-from adapter.executors.local import LocalClusterSettings
-from adapter.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
-from adapter.service import DecisionRecord
+from adapter.control.embedded import EmbeddedPipeline, UpSettings
+from adapter.control.service import DecisionRecord
+from adapter.executors.local.settings import LocalClusterSettings
 from adapter.spec import GraphSpec, parse_spec
-from adapter.workload import arrival_times
+from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
+from adapter.workloads.traces import arrival_times
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 2.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
-from adapter.report import SUMMARY_COLUMNS, read_frame, read_summary
+from adapter.sim.report import SUMMARY_COLUMNS, read_frame, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = ROOT / "tests" / "data" / "sim" / "resnet.yaml"  # a frozen copy of the shipped graph and profile

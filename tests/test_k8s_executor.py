@@ -23,12 +23,12 @@ import yaml
 from aiohttp import web
 from shared_data import SHARED_DATA
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.executors import ApplyResult
 from adapter.executors.kubernetes import KubernetesExecutor, KubernetesSettings, resize_state
-from adapter.k8s_client import KubernetesClient
-from adapter.k8s_schema import load_crd_schema, validate_against_crd, validate_core
-from adapter.seldon import (
+from adapter.kubernetes.client import KubernetesClient
+from adapter.kubernetes.schema import load_crd_schema, validate_against_crd, validate_core
+from adapter.kubernetes.seldon import (
     ANNOTATION_PLAN,
     RenderOptions,
     plan_deployment,

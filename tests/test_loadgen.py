@@ -20,7 +20,7 @@ import pytest
 from shared_data import SHARED_DATA
 
 from adapter.cli import main as ipa
-from adapter.loadgen import (
+from adapter.workloads.loadgen import (
     CSV_COLUMNS,
     LoadPlan,
     V2Payload,
@@ -29,8 +29,8 @@ from adapter.loadgen import (
     summarize,
     write_records_csv,
 )
-from adapter.slo import FixedSLO
-from adapter.workload import Trace
+from adapter.workloads.slo import FixedSLO
+from adapter.workloads.traces import Trace
 
 SERVER = Path(__file__).with_name("slow_v2_server.py")
 BUS_LOG = SHARED_DATA / "bandwidth" / "report_bus_0001.log"

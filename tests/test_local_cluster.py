@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 from conftest import SMALL_RESOLUTION
 
-from adapter.cgroups import detect_cpu_controller
 from adapter.cli import status as status_command
-from adapter.decision import Decision
-from adapter.executors.local import LocalCluster, LocalClusterSettings
-from adapter.executors.local_plan import match_replicas
-from adapter.executors.local_replica import ReplicaConfig
-from adapter.executors.local_state import ClusterState, read_state
+from adapter.decision.model import Decision
+from adapter.executors.cgroups import detect_cpu_controller
+from adapter.executors.local.cluster import LocalCluster
+from adapter.executors.local.plan import match_replicas
+from adapter.executors.local.replica import ReplicaConfig
+from adapter.executors.local.settings import LocalClusterSettings
+from adapter.executors.local.state import ClusterState, read_state
 from adapter.spec import GraphSpec, parse_spec
 from mlserver_ipa.router import PipelineRouter, serve
 from mlserver_ipa.zoo import build_repository
@@ -301,8 +302,10 @@ async def test_two_stage_chain_on_the_affinity_fallback(variant_repo: Path, tmp_
 CLUSTER_SCRIPT = """
 import asyncio, json, sys
 from pathlib import Path
-from adapter.decision import Decision
-from adapter.executors.local import LocalCluster, LocalClusterSettings, cancel_on_signals
+from adapter.decision.model import Decision
+from adapter.executors.local.cluster import LocalCluster
+from adapter.executors.local.settings import LocalClusterSettings
+from adapter.executors.local.signals import cancel_on_signals
 from adapter.spec import parse_spec
 
 async def main():

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+from adapter.control.loop import AdaptationLoop, LoopState, same_deployment
+from adapter.control.monitor import DirectSource, Observation, StageObservation
+from adapter.control.service import AdapterService, AdapterSettings, StageInForce
+from adapter.decision.policy_types import PolicyConfig, PolicySettings
 from adapter.executors.dry_run import DryRunExecutor
-from adapter.executors.local import LocalCluster, LocalClusterSettings
-from adapter.loop import AdaptationLoop, LoopState, same_deployment
-from adapter.monitor import DirectSource, Observation, StageObservation
-from adapter.policies import PolicyConfig, PolicySettings
-from adapter.service import AdapterService, AdapterSettings, StageInForce
+from adapter.executors.local.cluster import LocalCluster
+from adapter.executors.local.settings import LocalClusterSettings
 from adapter.spec import GraphSpec, parse_spec
 
 PROFILE = str(Path(__file__).resolve().parents[1] / "profiles" / "resnet.csv")

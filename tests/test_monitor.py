@@ -17,12 +17,19 @@ import pytest_asyncio
 from conftest import SMALL_RESOLUTION, free_port
 from prometheus_server import MISSING, PROMETHEUS, start_prometheus
 
-from adapter.decision import Decision
-from adapter.executors.local import LocalCluster, LocalClusterSettings
-from adapter.loadgen import V2Payload
-from adapter.monitor import DirectSource, histogram_quantile, increase, parse_samples, per_second_rates
-from adapter.monitor_prometheus import PrometheusSettings, PrometheusSource
+from adapter.control.monitor import (
+    DirectSource,
+    histogram_quantile,
+    increase,
+    parse_samples,
+    per_second_rates,
+)
+from adapter.control.monitor_prometheus import PrometheusSettings, PrometheusSource
+from adapter.decision.model import Decision
+from adapter.executors.local.cluster import LocalCluster
+from adapter.executors.local.settings import LocalClusterSettings
 from adapter.spec import parse_spec
+from adapter.workloads.loadgen import V2Payload
 from mlserver_ipa.router import PipelineRouter, serve
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # these tests share the module's pipeline

@@ -10,16 +10,10 @@ import pytest
 from pydantic import ValidationError
 from solver_fixtures import RESNET, YOLO, SyntheticProfile, make_spec, profiles_for, stage
 
-from adapter.decision import Decision
-from adapter.policies import (
-    POLICIES,
-    PolicyConfig,
-    PolicyContext,
-    PolicySettings,
-    PolicyState,
-    decide,
-)
-from adapter.problem import ProblemError
+from adapter.decision.model import Decision
+from adapter.decision.policies import POLICIES, decide
+from adapter.decision.policy_types import PolicyConfig, PolicyContext, PolicySettings, PolicyState
+from adapter.decision.problem import ProblemError
 from adapter.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

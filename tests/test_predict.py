@@ -10,8 +10,14 @@ import pytest
 
 from adapter.cli import main as ipa
 from adapter.errors import UsageError
-from adapter.lstm_training import TrainingConfig, _init_params, loss_and_grads, make_dataset, train_lstm
-from adapter.predict import (
+from adapter.forecast.lstm_training import (
+    TrainingConfig,
+    _init_params,
+    loss_and_grads,
+    make_dataset,
+    train_lstm,
+)
+from adapter.forecast.predictors import (
     DEFAULT_LSTM_WEIGHTS,
     PREDICTOR_NAMES,
     EWMAPredictor,
@@ -19,7 +25,7 @@ from adapter.predict import (
     evaluate_predictor,
     make_predictor,
 )
-from adapter.workload import synthetic_trace
+from adapter.workloads.traces import synthetic_trace
 
 BURSTY = synthetic_trace("bursty", duration_s=1200, seed=5).rates
 

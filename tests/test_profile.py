@@ -11,9 +11,9 @@ from shared_data import SHARED_DATA
 
 from adapter.cli import main
 from adapter.errors import SpecError
-from adapter.latency_model import LatencyModel, fit_latency, throttle_share
-from adapter.profile import COLUMNS, MODEL_FIT, Profile, ProfilePoint
-from adapter.reference import INFADAPTER_MACHINE, import_infadapter
+from adapter.profiling.latency_model import LatencyModel, fit_latency, throttle_share
+from adapter.profiling.profile import COLUMNS, MODEL_FIT, Profile, ProfilePoint
+from adapter.profiling.reference import INFADAPTER_MACHINE, import_infadapter
 
 ROOT = Path(__file__).resolve().parents[1]
 INFADAPTER_CSV = SHARED_DATA / "reference" / "infadapter_resnet_capacity.csv"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
-from adapter.profile import Profile
-from adapter.profiler import ProfilerSettings, profile_graph
+from adapter.profiling.profile import Profile
+from adapter.profiling.profiler import ProfilerSettings, profile_graph
 from adapter.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +101,8 @@ async def test_interrupted_profile_leaves_no_server_and_no_cgroup(tmp_path: Path
 
 
 def test_plan_skips_measured_points_unless_forced() -> None:
-    from adapter.profile import ProfilePoint
-    from adapter.profiler import GridPoint, plan
+    from adapter.profiling.profile import ProfilePoint
+    from adapter.profiling.profiler import GridPoint, plan
 
     done = Profile([ProfilePoint("s", "a", 1, 0.5, 1, 2, 1, 10, 5, "m")])
     assert plan(done, ["a"], [1, 2], [0.5]) == [GridPoint("a", 2, 0.5)]
@@ -110,7 +110,7 @@ def test_plan_skips_measured_points_unless_forced() -> None:
 
 
 def test_served_by_reads_the_runtime_parameters() -> None:
-    from adapter.closed_loop import served_by
+    from adapter.profiling.closed_loop import served_by
 
     body = b'{"model_name":"m","outputs":[{"name":"output","data":[1.5,2e-3]}],' \
            b'"parameters":{"queue_ms":12.25,"batch_id":7,"variant":"v"}}'

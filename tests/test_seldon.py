@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from shared_data import SHARED_DATA
 
 from adapter.cli import manifests as manifests_cli
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.errors import UsageError
-from adapter.k8s_schema import load_crd_schema, pruned_fields, validate_against_crd, validate_core
-from adapter.seldon import (
+from adapter.kubernetes.schema import load_crd_schema, pruned_fields, validate_against_crd, validate_core
+from adapter.kubernetes.seldon import (
     ANNOTATION_PLAN,
     METRICS_PATH,
     METRICS_PORT,

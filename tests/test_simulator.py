@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapter.decision import Decision, ObjectiveTerms, ReplicaGroup, StageDecision
-from adapter.monitor import Observation
-from adapter.profile import Profile, load_graph_profiles
-from adapter.report import summarize
+from adapter.control.monitor import Observation
+from adapter.decision.model import Decision, ObjectiveTerms, ReplicaGroup, StageDecision
+from adapter.profiling.profile import Profile, load_graph_profiles
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable
 from adapter.sim.metrics import compact
+from adapter.sim.report import summarize
 from adapter.sim.service import TAIL_CAP, NormalStream, ServiceTime
-from adapter.simulator import SimSettings, simulate
+from adapter.sim.simulator import SimSettings, simulate
 from adapter.spec import GraphSpec, load_spec, parse_spec
-from adapter.workload import arrival_times, synthetic_trace
+from adapter.workloads.traces import arrival_times, synthetic_trace
 
 HEADER = "stage,variant,batch,cores,p50_ms,p99_ms,mean_ms,throughput_rps,samples,machine\n"
 

@@ -9,7 +9,7 @@ import pytest
 from shared_data import SHARED_DATA
 
 from adapter.errors import UsageError
-from adapter.slo import DynamicSLO, FixedSLO, read_bandwidth_log
+from adapter.workloads.slo import DynamicSLO, FixedSLO, read_bandwidth_log
 
 BUS_LOG = SHARED_DATA / "bandwidth" / "report_bus_0001.log"
 needs_log = pytest.mark.skipif(not BUS_LOG.is_file(), reason="shared bandwidth log not present")

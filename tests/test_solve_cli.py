@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET = str(ROOT / "inference_graphs" / "resnet.yaml")

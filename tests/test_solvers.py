@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.decision import Decision
-from adapter.problem import Option, Problem, ProblemError, StageTable, Weights
-from adapter.solvers import Restriction, solve
-from adapter.solvers.instances import random_problem
-from adapter.solvers.mip import map_status
+from adapter.decision.model import Decision
+from adapter.decision.problem import Option, Problem, ProblemError, StageTable, Weights
+from adapter.decision.solvers import Restriction, solve
+from adapter.decision.solvers.instances import random_problem
+from adapter.decision.solvers.mip import map_status
 
 TOL = 1e-7
 

@@ -10,7 +10,7 @@ import pytest
 
 from adapter.cli import main
 from adapter.errors import SpecError
-from adapter.profile import load_graph_profiles
+from adapter.profiling.profile import load_graph_profiles
 from adapter.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

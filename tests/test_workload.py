@@ -13,7 +13,7 @@ import pytest
 from shared_data import SHARED_DATA
 
 from adapter.errors import UsageError
-from adapter.workload import (
+from adapter.workloads.traces import (
     PRESETS,
     SYNTHETIC_SHAPES,
     Trace,

@@ -6,7 +6,7 @@
 
 Builds the models the graph needs, brings the pipeline up (router, replicas in CPU cgroups, adapter), replays the
 compressed bursty load through it, stops it, simulates the same arrivals, writes the report folder and prints
-the table (`adapter.demo`). Ctrl-C stops everything it started.
+the table (`adapter.live.demo`). Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from adapter.cli import runtime_demo
 from adapter.cli.up import format_record
-from adapter.demo import DemoResult, DemoSettings, run_demo
-from adapter.embedded import EmbeddedPipeline
+from adapter.control.embedded import EmbeddedPipeline
+from adapter.decision.policies import POLICIES
 from adapter.errors import UsageError
-from adapter.executors.local import cancel_on_signals
-from adapter.policies import POLICIES
+from adapter.executors.local.signals import cancel_on_signals
+from adapter.live.demo import DemoResult, DemoSettings, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

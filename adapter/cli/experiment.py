@@ -14,13 +14,13 @@ import numpy as np
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
-from adapter.experiment import check_policies, run_experiment
-from adapter.predict import PREDICTOR_NAMES
-from adapter.report import summary_markdown
-from adapter.simulator import SimSettings, known_policies
-from adapter.slo import DynamicSLO, read_bandwidth_log
+from adapter.forecast.predictors import PREDICTOR_NAMES
+from adapter.sim.experiment import check_policies, run_experiment
+from adapter.sim.report import summary_markdown
+from adapter.sim.simulator import SimSettings, known_policies
 from adapter.spec import load_spec
-from adapter.workload import ARRIVAL_KINDS, PRESETS, read_trace
+from adapter.workloads.slo import DynamicSLO, read_bandwidth_log
+from adapter.workloads.traces import ARRIVAL_KINDS, PRESETS, read_trace
 
 HISTORY_S = 120
 """Seconds of load before the window handed to the predictors (the LSTM reads the last 120)."""

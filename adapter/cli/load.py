@@ -16,9 +16,16 @@ from tqdm import tqdm
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
-from adapter.loadgen import RequestRecord, V2Payload, make_plan, run_load, summarize, write_records_csv
-from adapter.slo import DynamicSLO, FixedSLO, SLOSource, read_bandwidth_log
-from adapter.workload import ARRIVAL_KINDS
+from adapter.workloads.loadgen import (
+    RequestRecord,
+    V2Payload,
+    make_plan,
+    run_load,
+    summarize,
+    write_records_csv,
+)
+from adapter.workloads.slo import DynamicSLO, FixedSLO, SLOSource, read_bandwidth_log
+from adapter.workloads.traces import ARRIVAL_KINDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

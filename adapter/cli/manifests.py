@@ -1,5 +1,5 @@
 """`ipa manifests GRAPH [--decision FILE] [--image IMAGE] [--namespace NS] [--out DIR]` renders what a pipeline
-needs on Kubernetes with Seldon Core: its SeldonDeployment (`adapter.seldon`) and the ConfigMap `ipa-graph` the
+needs on Kubernetes with Seldon Core: its SeldonDeployment (`adapter.kubernetes.seldon`) and the ConfigMap `ipa-graph` the
 adapter reads (the graph and the profiles it names), as YAML on stdout or as files in DIR.
 
 Every rendered SeldonDeployment is checked against Seldon's operator rules, and against the CRD's schema when
@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.errors import SpecError, UsageError
-from adapter.seldon import (
+from adapter.kubernetes.seldon import (
     PlanError,
     RenderOptions,
     parse_cpu,
@@ -133,7 +133,7 @@ def _check_options(args: argparse.Namespace) -> RenderOptions:
 
 
 def _crd_checks(obj: dict[str, Any], crd: str) -> None:
-    from adapter.k8s_schema import load_crd_schema, pruned_fields, validate_against_crd
+    from adapter.kubernetes.schema import load_crd_schema, pruned_fields, validate_against_crd
 
     schema = load_crd_schema(crd)
     errors = validate_against_crd(obj, schema)

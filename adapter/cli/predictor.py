@@ -1,7 +1,7 @@
 """`ipa predictor train` fits the LSTM load predictor to a trace; `ipa predictor eval` compares predictors on
 held-out load: how far off the predicted interval peaks are, how often they fall short, how much they overshoot.
 
-    ipa predictor train --trace twitter.tbz2 --start 0 --length 1200000 --out adapter/predictors/lstm.npz
+    ipa predictor train --trace twitter.tbz2 --start 0 --length 1200000 --out adapter/forecast/lstm.npz
     ipa predictor eval --trace twitter.tbz2 --start 1200000 --predictor reactive,ewma,lstm,oracle --interval 20
 """
 
@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
-from adapter.lstm_training import TrainingConfig, train_lstm
-from adapter.predict import (
+from adapter.forecast.lstm_training import TrainingConfig, train_lstm
+from adapter.forecast.predictors import (
     DEFAULT_LSTM_WEIGHTS,
     PREDICTOR_NAMES,
     LSTMWeights,

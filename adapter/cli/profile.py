@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adapter.errors import UsageError
-from adapter.profile import Profile
-from adapter.reference import DEFAULT_SLA_MS, import_infadapter
+from adapter.profiling.profile import Profile
+from adapter.profiling.reference import DEFAULT_SLA_MS, import_infadapter
 
 ACTIONS = ("import-infadapter", "fit")
 T = TypeVar("T")
@@ -123,7 +123,7 @@ async def _cancel_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
 
 def _measure(args: argparse.Namespace) -> int:
     # The profiler starts servers and builds models: imported only when measuring.
-    from adapter.profiler import ProfilerSettings, profile_graph
+    from adapter.profiling.profiler import ProfilerSettings, profile_graph
     from adapter.spec import load_spec
 
     spec = load_spec(args.target)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapter.report import render
+from adapter.sim.report import render
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

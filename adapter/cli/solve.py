@@ -1,6 +1,6 @@
 """`ipa solve GRAPH.yaml --load RPS`: the decision a policy takes for one load, as a table or as JSON.
 
-The decision is exactly what the adaptation loop would get from `adapter.policies.decide` (the policy under the
+The decision is exactly what the adaptation loop would get from `adapter.decision.policies.decide` (the policy under the
 shared guards) for the first interval at that load; `--json` prints the Decision of DESIGN.md §3.
 """
 
@@ -12,10 +12,11 @@ import sys
 
 from pydantic import ValidationError
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
+from adapter.decision.policies import POLICIES, decide
+from adapter.decision.policy_types import PolicyConfig, PolicyContext, PolicySettings
+from adapter.decision.solvers import SOLVERS
 from adapter.errors import UsageError
-from adapter.policies import POLICIES, PolicyConfig, PolicyContext, PolicySettings, decide
-from adapter.solvers import SOLVERS
 from adapter.spec import load_spec
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from adapter.errors import SpecError
-from adapter.profile import Profile, load_stage_profile
+from adapter.profiling.profile import Profile, load_stage_profile
 from adapter.spec import GraphSpec, load_spec
 
 

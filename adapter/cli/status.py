@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from adapter.errors import UsageError
-from adapter.executors.local_state import ClusterState, find_states, ipa_home, read_state, state_path
+from adapter.executors.local.state import ClusterState, find_states, ipa_home, read_state, state_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

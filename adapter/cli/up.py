@@ -6,7 +6,7 @@
 
 `up` builds the demo models the stages need, starts the router, one `mlserver start` replica per decided
 replica (each in its CPU cgroup), the adaptation loop and its REST API, prints where everything is, logs one
-line per decision, and runs until Ctrl-C or SIGTERM, then stops all of it (`adapter.embedded`).
+line per decision, and runs until Ctrl-C or SIGTERM, then stops all of it (`adapter.control.embedded`).
 `down` finds what `up` started under `$IPA_HOME` (its `up.json`, or a cluster's `state.json`), sends SIGTERM,
 waits for a clean stop, and kills what is left after `--timeout` (removing the cgroups it leaves).
 """
@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from adapter.cgroups import process_alive
-from adapter.embedded import UP_FILE, EmbeddedPipeline, UpSettings
+from adapter.control.embedded import UP_FILE, EmbeddedPipeline, UpSettings
+from adapter.control.service import DecisionRecord
+from adapter.decision.policies import POLICIES
 from adapter.errors import UsageError
-from adapter.executors.local import cancel_on_signals
-from adapter.executors.local_state import STATE_FILE, ipa_home
-from adapter.policies import POLICIES
-from adapter.predict import PREDICTOR_NAMES
-from adapter.service import DecisionRecord
+from adapter.executors.cgroups import process_alive
+from adapter.executors.local.signals import cancel_on_signals
+from adapter.executors.local.state import STATE_FILE, ipa_home
+from adapter.forecast.predictors import PREDICTOR_NAMES
 from adapter.spec import load_spec
 
 
@@ -174,7 +174,7 @@ def run_down(args: argparse.Namespace) -> int:
             with contextlib.suppress(FileNotFoundError):
                 (home / pipeline / name).unlink()
         print(f"{pipeline}: stopped")
-    from adapter.cgroups import detect_cpu_controller
+    from adapter.executors.cgroups import detect_cpu_controller
 
     with contextlib.suppress(Exception):
         removed = detect_cpu_controller().remove_stale()

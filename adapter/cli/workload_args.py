@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapter.workload import PRESETS, SYNTHETIC_SHAPES, Trace, workload_from_spec
+from adapter.workloads.traces import PRESETS, SYNTHETIC_SHAPES, Trace, workload_from_spec
 
 
 def add_trace_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

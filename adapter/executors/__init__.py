@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.spec import GraphSpec
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapter.decision import Decision, ReplicaGroup
+from adapter.decision.model import Decision, ReplicaGroup
 from adapter.executors import ApplyResult, StepFailure
 from adapter.spec import GraphSpec
 

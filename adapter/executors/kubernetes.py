@@ -31,10 +31,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.executors import ApplyResult, StepFailure
-from adapter.k8s_client import KubernetesClient, KubernetesError
-from adapter.seldon import (
+from adapter.kubernetes.client import KubernetesClient, KubernetesError
+from adapter.kubernetes.patch import deployment_patch
+from adapter.kubernetes.seldon import (
     LABEL_GRAPH,
     LABEL_PREDICTOR,
     LABEL_STAGE,
@@ -47,7 +48,6 @@ from adapter.seldon import (
     plan_from_annotation,
     threads_for,
 )
-from adapter.seldon_patch import deployment_patch
 from adapter.spec import GraphSpec
 from mlserver_ipa.client import ControlError, V2Client, V2TransportError
 

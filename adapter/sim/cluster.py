@@ -31,8 +31,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapter.decision import ReplicaGroup
-from adapter.profile import Profile
+from adapter.decision.model import ReplicaGroup
+from adapter.profiling.profile import Profile
 from adapter.sim.service import ServiceTime
 from mlserver_ipa.batching import BatchPolicy, ServiceTimes
 from mlserver_ipa.queueing import DeadlineQueue

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from adapter.decision import Decision, ReplicaGroup
-from adapter.profile import Profile
+from adapter.decision.model import Decision, ReplicaGroup
+from adapter.profiling.profile import Profile
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable, StagePool
 from adapter.sim.service import NormalStream
 from adapter.spec import GraphSpec

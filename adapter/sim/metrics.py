@@ -7,7 +7,7 @@ summary are shares of the requests sent. `cores` is the mean over the second of 
 starting, serving, switching or draining all count), `predicted`, `batch` and `decision` are what the adapter
 had in force at the start of the second.
 
-Columns (the per-second frame `adapter.report` plots; a measured run can produce the same):
+Columns (the per-second frame `adapter.sim.report` plots; a measured run can produce the same):
 
     t               second (from the start of the trace)
     load            requests that arrived
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapter.decision import Decision
+from adapter.decision.model import Decision
 from adapter.spec import GraphSpec
 
 Frame = dict[str, np.ndarray]

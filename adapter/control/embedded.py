@@ -1,0 +1,211 @@
+"""The whole system on one machine: router, local cluster, adapter and its REST API in one process (`ipa up`).
+
+    async with EmbeddedPipeline(spec, UpSettings(policy="joint", port=8080, adapter_port=8090)) as up:
+        up.endpoint      # <router>/v2/models/<pipeline>/infer: the pipeline as one V2 model
+        up.api_url       # the adapter's REST API (OpenAPI at /docs); writes need up.token
+        await up.wait()  # until cancelled (Ctrl-C / SIGTERM through `cancel_on_signals`)
+
+Entering: builds the demo models the stages' families need (`<models>/<family>`, kept when up to date), starts
+the router, the local cluster (or the dry-run executor), the monitor (direct scraping, or a Prometheus server),
+takes and applies the first decision (the policy's for a small load), serves the API, starts the loop, and
+writes `<IPA_HOME>/<pipeline>/up.json` (pid and URLs) for `ipa down`. Leaving stops all of it in reverse order:
+no process, cgroup or file is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from adapter.control.api import ApiSettings, create_app, new_token
+from adapter.control.loop import AdaptationLoop
+from adapter.control.monitor import DirectSource, MetricsSource
+from adapter.control.monitor_prometheus import PrometheusSettings, PrometheusSource
+from adapter.control.service import AdapterService, AdapterSettings, DecisionRecord
+from adapter.decision.policy_types import PolicyConfig, PolicySettings
+from adapter.errors import UsageError
+from adapter.executors import Executor
+from adapter.executors.dry_run import DryRunExecutor
+from adapter.executors.local.cluster import LocalCluster
+from adapter.executors.local.settings import LocalClusterSettings
+from adapter.executors.local.state import ipa_home, write_text_atomic
+from adapter.spec import GraphSpec
+from mlserver_ipa.router import PipelineRouter
+from mlserver_ipa.router import create_app as create_router_app
+from mlserver_ipa.router import serve_app as serve_asgi
+
+UP_FILE = "up.json"
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """How `ipa up` runs a pipeline."""
+
+    host: str = "127.0.0.1"
+    """interface the router and the API listen on"""
+    port: int = 8080
+    """the router's port (the V2 endpoint); 0 picks a free one"""
+    adapter_port: int = 8090
+    """the adapter API's port; 0 picks a free one"""
+    policy: str = "joint"
+    predictor: str = "reactive"
+    interval_s: float | None = None
+    """seconds between decisions (default: the spec's `interval_s`)"""
+    scale_down_intervals: int = 3
+    """intervals a lower need must hold before resources are given back"""
+    token: str | None = None
+    """the API's bearer token (default: `$IPA_ADAPTER_TOKEN`, else a generated one)"""
+    models: Path = Path("build/models")
+    """where demo families are built: `<models>/<family>`"""
+    repositories: Mapping[str, Path] = field(default_factory=dict)
+    """per stage, a built model repository to use instead of `<models>/<family>`"""
+    prometheus: str | None = None
+    """a Prometheus server to read metrics from (it must scrape `<home>/<pipeline>/prometheus-targets.json`)"""
+    dry_run: bool = False
+    """start no replica: decide and record only (the router answers 503)"""
+    home: Path | None = None
+    """where state is kept (default `$IPA_HOME` or ./.ipa)"""
+    initial_load_rps: float = 1.0
+    cluster: LocalClusterSettings | None = None
+
+
+def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str], None] = print) -> dict[str, Path]:
+    """Per stage, its model repository: given in `settings.repositories`, else the stage's demo family built
+    (or kept, when up to date) in `<models>/<family>` with the variants the stages of that family use."""
+    from mlserver_ipa.zoo import FAMILIES, BuildArgumentError, build_repository
+
+    repos: dict[str, Path] = {}
+    wanted: dict[str, set[str]] = {}
+    for stage in spec.stages:
+        if stage.name in settings.repositories:
+            repos[stage.name] = Path(settings.repositories[stage.name])
+        elif stage.family is not None and any(v.model is None for v in stage.variants):
+            if stage.family not in FAMILIES:
+                raise UsageError(f"stage {stage.name!r}: unknown demo family {stage.family!r}; "
+                                 f"known: {', '.join(FAMILIES)}")
+            wanted.setdefault(stage.family, set()).update(v.name for v in stage.variants)
+            repos[stage.name] = settings.models / stage.family
+    for family, names in wanted.items():
+        variants = [v for v in FAMILIES[family].variant_names if v in names]
+        progress(f"ipa up: demo models {family} ({', '.join(variants)}) in {settings.models / family}")
+        try:
+            build_repository(family, settings.models / family, variants,
+                             progress=lambda b: progress(f"  {b.name}: {'built' if b.rebuilt else 'up to date'}"))
+        except BuildArgumentError as e:
+            raise UsageError(f"demo family {family}: {e}") from e
+    return repos
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: FastAPI, host: str, port: int) -> AsyncIterator[str]:
+    """`mlserver_ipa.router.serve_app`, with a port that cannot be had as the user's mistake."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(serve_asgi(app, host, port))
+        except OSError as e:
+            raise UsageError(f"could not listen on {host}:{port} (is the port in use? --port/--adapter-port)") from e
+        yield url
+
+
+class EmbeddedPipeline:
+    """Router, cluster, adapter and API of one pipeline in this process (see module doc)."""
+
+    def __init__(self, spec: GraphSpec, settings: UpSettings | None = None, *,
+                 on_record: Callable[[DecisionRecord], None] | None = None,
+                 progress: Callable[[str], None] = print) -> None:
+        self.settings = s = settings or UpSettings()
+        if s.interval_s is not None:
+            spec = spec.model_copy(update={"interval_s": s.interval_s})
+        self.spec = spec
+        self.token = s.token or os.environ.get("IPA_ADAPTER_TOKEN") or new_token()
+        self.token_generated = not (s.token or os.environ.get("IPA_ADAPTER_TOKEN"))
+        self.home = s.home if s.home is not None else ipa_home()
+        self.up_file = self.home / spec.name / UP_FILE
+        self.on_record, self.progress = on_record, progress
+        self.router_url = self.api_url = ""
+        self.cluster: LocalCluster | None = None
+        self.service: AdapterService | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.router_url}/v2/models/{self.spec.name}/infer"
+
+    async def __aenter__(self) -> EmbeddedPipeline:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _start(self) -> None:
+        s, spec = self.settings, self.spec
+        spec.require_profiles()
+        config = PolicyConfig.create(spec, settings=PolicySettings(policy=s.policy,
+                                                                   scale_down_intervals=s.scale_down_intervals))
+        loop = AdaptationLoop(config, s.predictor)  # bad policy/predictor names fail here, before anything starts
+        repos = {} if s.dry_run else await asyncio.to_thread(build_models, spec, s, self.progress)
+
+        router = PipelineRouter(spec.name, [st.name for st in spec.stages])
+        self._stack.push_async_callback(router.aclose)
+        self.router_url = await self._stack.enter_async_context(serve_app(create_router_app(router), s.host, s.port))
+        executor: Executor
+        if s.dry_run:
+            executor = DryRunExecutor()
+        else:
+            cluster_settings = s.cluster or LocalClusterSettings(home=self.home)
+            self.cluster = LocalCluster(spec, repos, router=router, router_url=self.router_url,
+                                        settings=cluster_settings)
+            await self._stack.enter_async_context(self.cluster)
+            executor = self.cluster
+        started = time.monotonic()
+        monitor: MetricsSource
+        if s.prometheus:
+            monitor = PrometheusSource(spec.name, [st.name for st in spec.stages], PrometheusSettings(s.prometheus),
+                                       started_at=started)
+        else:
+            cluster = self.cluster
+            monitor = DirectSource(spec.name, f"{self.router_url}/metrics",
+                                   cluster.metrics_urls if cluster is not None else dict, started_at=started)
+        self._stack.push_async_callback(monitor.aclose)
+        self.service = service = AdapterService(
+            loop, executor, monitor, AdapterSettings(interval_s=spec.interval_s, initial_load_rps=s.initial_load_rps),
+            on_record=self.on_record)
+        first = await service.start()
+        if not first.apply.ok:
+            self.progress(f"ipa up: the first deployment did not fully apply: {first.reason}")
+        self.api_url = await self._stack.enter_async_context(
+            serve_app(create_app(ApiSettings(token=self.token, title=f"IPA adapter: {spec.name}"), service),
+                      s.host, s.adapter_port))
+        self._task = asyncio.create_task(service.run())
+        write_text_atomic(self.up_file, json.dumps({
+            "pipeline": spec.name, "pid": os.getpid(), "endpoint": self.endpoint, "router_url": self.router_url,
+            "api_url": self.api_url, "started_at": time.time()}, indent=2))
+        self._stack.callback(self.up_file.unlink, missing_ok=True)
+
+    async def wait(self) -> None:
+        """Until the loop ends (it runs until cancelled; an error in it ends the wait with that error)."""
+        assert self._task is not None, "use `async with EmbeddedPipeline(...)`"
+        await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Stop the loop, the API, the cluster (every replica and cgroup) and the router. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._stack.aclose()

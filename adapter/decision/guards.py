@@ -1,0 +1,201 @@
+"""Shared guards: the same rules applied to every policy's decision, so that every baseline is judged alike.
+
+In order:
+1. bounds: a stage keeps between 1 and `max_replicas` replicas, and each replica's cores stay within the
+   stage's core choices (smallest to largest);
+2. `cpu_step`: cores per replica are rounded up to a multiple of the spec's `cpu_step`;
+3. budget: while the decision uses more cores than `budget_cores`, a replica goes from the stage with the most
+   capacity to spare, or, when no stage has a replica to spare, a `cpu_step` from the largest replicas;
+4. scale-down hysteresis: more resources are granted at once; fewer only once the lower need has held for
+   `scale_down_intervals` intervals in a row. Until then the decision in force is kept, if it still meets every
+   constraint at the new load. The count lives in `PolicyState`; no clock is read.
+
+5. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
+   constraint and scores as well as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
+   alternated between two half-core replicas and one one-core replica, interval after interval).
+
+Every change is written to the decision's `notes`; a decision the guards changed is judged again (`assess`), so
+its status and predictions are those of what will actually run.
+"""
+
+from __future__ import annotations
+
+import math
+
+from adapter.decision.model import Decision, ReplicaGroup, StageDecision
+from adapter.decision.policy_types import Policy, PolicyConfig, PolicyContext, PolicyState
+from adapter.decision.problem import Problem
+from adapter.decision.solvers import Group, assess
+
+_EPS = 1e-9
+
+
+def guarded(policy: Policy) -> Policy:
+    """`policy` with the shared guards applied to what it returns."""
+
+    def run(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
+        decision, state = policy(context, config, state)
+        decision = bound(decision, config)
+        decision = fit_budget(decision, config)
+        decision, state = hold_scale_down(decision, context, config, state)
+        return keep_on_tie(decision, context, config), state
+
+    run.__name__ = f"guarded_{getattr(policy, '__name__', 'policy')}"
+    run.__doc__ = policy.__doc__
+    return run
+
+
+def _problem(decision: Decision, config: PolicyConfig, stages: list[StageDecision]) -> Problem:
+    """The problem at the decision's load and SLO, over just the variants and core sizes it uses."""
+    return config.catalog.problem(
+        decision.load_rps,
+        slo_ms=decision.slo_ms or config.slo_ms,
+        weights=config.weights,
+        core_grid={s.name: sorted({g.cores for g in s.replicas}) for s in stages},
+        variants={s.name: sorted({g.variant for g in s.replicas}) for s in stages},
+    )
+
+
+def rejudge(
+    decision: Decision, config: PolicyConfig, stages: list[StageDecision], notes: list[str]
+) -> Decision:
+    """The decision made of `stages`, judged again at the decision's load and SLO."""
+    p = _problem(decision, config, stages)
+    groups = []
+    for spec_stage, s in zip(config.spec.stages, stages, strict=True):
+        groups.append(
+            [
+                Group(
+                    config.catalog.option(spec_stage, g.variant, g.batch, g.cores),
+                    g.count,
+                    g.load_share * p.load_rps,
+                )
+                for g in s.replicas
+            ]
+        )
+    judged = assess(p, groups, policy=decision.policy, solve_time_ms=decision.solve_time_ms)
+    if judged.status == "optimal" and decision.status == "timeout":
+        judged = judged.model_copy(update={"status": "timeout", "reason": decision.reason})
+    return judged.model_copy(update={"notes": [*decision.notes, *notes], "solver": decision.solver})
+
+
+def bound(decision: Decision, config: PolicyConfig) -> Decision:
+    """Guards 1 and 2: replica bounds, core range, cpu_step rounding."""
+    step = config.spec.cpu_step
+    notes: list[str] = []
+    stages = []
+    for spec_stage, s in zip(config.spec.stages, decision.stages, strict=True):
+        low, high = spec_stage.cores[0], spec_stage.cores[-1]
+        groups = []
+        for g in s.replicas:
+            cores = min(max(g.cores, low), high)
+            cores = math.ceil(cores / step - _EPS) * step
+            if cores > high + _EPS:  # the largest choice is not on the step grid: the last step below it
+                cores = max(math.floor(high / step + _EPS) * step, step)
+            cores = round(cores, 9)
+            if abs(cores - g.cores) > _EPS:
+                notes.append(f"bounds: stage {s.name} {g.variant} cores {g.cores:g} -> {cores:g}")
+            groups.append(g.model_copy(update={"cores": cores}))
+        total = sum(g.count for g in groups)
+        if total > spec_stage.max_replicas:
+            groups = _trim_replicas(groups, total - spec_stage.max_replicas)
+            notes.append(f"bounds: stage {s.name} replicas {total} -> {spec_stage.max_replicas}")
+        elif total < 1:
+            groups = [groups[0].model_copy(update={"count": 1})] + groups[1:]
+            notes.append(f"bounds: stage {s.name} replicas 0 -> 1")
+        stages.append(s.model_copy(update={"replicas": groups}))
+    return rejudge(decision, config, stages, notes) if notes else decision
+
+
+def _trim_replicas(groups: list[ReplicaGroup], extra: int) -> list[ReplicaGroup]:
+    out = list(groups)
+    while extra > 0:
+        i = max(range(len(out)), key=lambda k: out[k].count)
+        out[i] = out[i].model_copy(update={"count": out[i].count - 1})
+        extra -= 1
+    return out
+
+
+def fit_budget(decision: Decision, config: PolicyConfig) -> Decision:
+    """Guard 3: bring the decision within `budget_cores`."""
+    budget, step = config.spec.budget_cores, config.spec.cpu_step
+    if decision.cores <= budget + _EPS:
+        return decision
+    before = decision.cores
+    stages = [s.model_copy() for s in decision.stages]
+    load = max(decision.load_rps, _EPS)
+    while sum(s.cores for s in stages) > budget + _EPS:
+        # the stage whose capacity would stay highest relative to its load after losing one replica
+        spare = []
+        for i, s in enumerate(stages):
+            if s.replica_count > 1:
+                g = max(range(len(s.replicas)), key=lambda k: s.replicas[k].count)
+                per = s.capacity_rps / max(s.replica_count, 1)
+                spare.append(((s.capacity_rps - per) / load, i, g))
+        if spare:
+            _, i, g = max(spare)
+            s = stages[i]
+            groups = list(s.replicas)
+            groups[g] = groups[g].model_copy(update={"count": groups[g].count - 1})
+            per = s.capacity_rps / s.replica_count
+            stages[i] = s.model_copy(update={"replicas": groups, "capacity_rps": s.capacity_rps - per})
+            continue
+        # one replica everywhere: take a cpu_step from the largest replicas
+        i = max(range(len(stages)), key=lambda k: max(g.cores for g in stages[k].replicas))
+        s = stages[i]
+        g = max(range(len(s.replicas)), key=lambda k: s.replicas[k].cores)
+        if s.replicas[g].cores - step < step - _EPS:
+            break  # nothing left to take
+        groups = list(s.replicas)
+        groups[g] = groups[g].model_copy(update={"cores": round(groups[g].cores - step, 9)})
+        stages[i] = s.model_copy(update={"replicas": groups})
+    note = f"budget: {before:g} cores -> {sum(s.cores for s in stages):g} (budget {budget:g})"
+    return rejudge(decision, config, stages, [note])
+
+
+def hold_scale_down(
+    decision: Decision, context: PolicyContext, config: PolicyConfig, state: PolicyState
+) -> tuple[Decision, PolicyState]:
+    """Guard 4: scale-ups at once, scale-downs after `scale_down_intervals` intervals of lower need."""
+    need = config.settings.scale_down_intervals
+    current = context.current
+    same_shape = current is not None and [s.name for s in current.stages] == [s.name for s in decision.stages]
+    if need == 0 or current is None or not same_shape or decision.cores >= current.cores - _EPS:
+        return decision, PolicyState(scale_down_streak=0)
+    streak = state.scale_down_streak + 1
+    if streak >= need:
+        note = f"hysteresis: lower need held {streak} intervals; scaling down {current.cores:g} -> {decision.cores:g} cores"
+        return decision.model_copy(update={"notes": [*decision.notes, note]}), PolicyState(
+            scale_down_streak=0
+        )
+    # judge the decision in force at today's load and SLO; keep it only if it still meets every constraint
+    base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
+    kept = rejudge(base, config, list(current.stages), [])
+    if kept.status != "optimal":
+        return decision, PolicyState(scale_down_streak=0)
+    note = (
+        f"hysteresis: holding {current.cores:g} cores ({decision.cores:g} proposed); "
+        f"scale-down after {need - streak} more interval{'s' if need - streak != 1 else ''} of lower need"
+    )
+    held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
+    return held, PolicyState(scale_down_streak=streak)
+
+
+def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig) -> Decision:
+    """Guard 5: keep the decision in force when it is still feasible and scores as well as `decision`."""
+    current = context.current
+    if (
+        current is None
+        or current.policy != decision.policy  # only what this policy itself would run is an alternative
+        or decision.status != "optimal"
+        or [s.name for s in current.stages] != [s.name for s in decision.stages]
+        or [s.replicas for s in current.stages] == [s.replicas for s in decision.stages]
+    ):
+        return decision
+    base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
+    kept = rejudge(base, config, list(current.stages), [])
+    value = decision.objective.value
+    if kept.status != "optimal" or kept.objective.value < value - 1e-9 * max(1.0, abs(value)):
+        return decision
+    note = "tie: the decision in force scores as well at this load; kept (no reconfiguration)"
+    return kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
