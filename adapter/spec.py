@@ -107,7 +107,15 @@ class GraphSpec(_Strict):
     cpu_step: float = Field(0.25, gt=0)
     interval_s: float = Field(10.0, gt=0)
     network_ms: float = Field(0.0, ge=0, description="network time added per request on the whole path")
-    headroom: float = Field(0.0, ge=0, description="capacity margin over the predicted load (0.1 = 10 %)")
+    headroom: float = Field(0.0, ge=0, description="capacity margin over the planned load (0.1 = 10 %)")
+    load_quantile: float | None = Field(
+        None, gt=0, lt=1,
+        description="plan for the forecast raised by this quantile of the predictor's recent relative "
+        "under-predictions (conformal, adapter.forecast.conformal); None: plan for the forecast itself",
+    )
+    load_quantile_window: int = Field(
+        30, ge=1, description="how many recent intervals the load quantile is taken over"
+    )
     stages: list[StageSpec] = Field(min_length=1)
     # Where the spec was read from; profile paths are relative to it. Not part of the YAML.
     source: Path | None = Field(None, exclude=True)

@@ -56,6 +56,8 @@ BAD = {
                               "stages[0].cores[0]: 0.3 is not a multiple of cpu_step 0.25"),
     "budget below one replica per stage": (GOOD.replace("budget_cores: 2", "budget_cores: 0.1"),
                                            "budget_cores: 0.1 is less than"),
+    "load quantile of 1 or more": (GOOD.replace("budget_cores: 2", "budget_cores: 2\nload_quantile: 1.5"),
+                                   "load_quantile: Input should be less than 1"),
     "static variant not in stage": (GOOD.replace("    profile: p.csv", "    profile: p.csv\n    static: {variant: z}"),
                                     "stages[0]: static.variant 'z' is not one of"),
 }

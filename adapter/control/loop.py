@@ -31,6 +31,7 @@ from adapter.decision.model import Decision
 from adapter.decision.policies import decide
 from adapter.decision.policy_types import PolicyConfig, PolicyContext, PolicySettings, PolicyState
 from adapter.errors import UsageError
+from adapter.forecast.conformal import planning_predictor
 from adapter.forecast.predictors import LoadPredictor, make_predictor
 
 
@@ -108,7 +109,10 @@ class AdaptationLoop:
         self._oracle_trace = oracle_trace
         self._predictors: dict[str, LoadPredictor] = {}
         if isinstance(predictor, LoadPredictor):
-            self._predictors[predictor.name] = predictor
+            spec = config.spec
+            self._predictors[predictor.name] = planning_predictor(
+                predictor, spec.load_quantile, spec.load_quantile_window
+            )
             predictor = predictor.name
         self.predictor: str = predictor
         self.predictor_for(predictor)  # fail now, not at the first interval, on a bad name
@@ -119,9 +123,13 @@ class AdaptationLoop:
         return max(1, round(self.config.spec.interval_s))
 
     def predictor_for(self, name: str) -> LoadPredictor:
-        """The predictor called `name` (`UsageError` for an unknown one, or `oracle` without a trace)."""
+        """The predictor called `name` (`UsageError` for an unknown one, or `oracle` without a trace), planning
+        for the spec's `load_quantile` of its own recent errors when the spec asks for one (adapter.forecast.conformal)."""
         if name not in self._predictors:
-            self._predictors[name] = make_predictor(name, trace=self._oracle_trace)
+            spec = self.config.spec
+            self._predictors[name] = planning_predictor(
+                make_predictor(name, trace=self._oracle_trace), spec.load_quantile, spec.load_quantile_window
+            )
         return self._predictors[name]
 
     def _config(self, settings: PolicySettings | None) -> PolicyConfig:

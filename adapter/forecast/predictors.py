@@ -46,6 +46,15 @@ class LoadPredictor(ABC):
         (only the oracle uses it; it defaults to `len(history)`, i.e. a history that starts at second 0).
         """
 
+    def predict_many(
+        self, history: np.ndarray, horizon_s: int, origins: Sequence[int], now_s: Sequence[int]
+    ) -> np.ndarray:
+        """What `predict` answers for each prefix `history[:origins[i]]` (at trace second `now_s[i]`), at once.
+
+        Used to recompute past forecasts (`adapter.conformal`); predictors that can batch the work override it.
+        """
+        return np.array([self.predict(history[:t], horizon_s, now_s=n) for t, n in zip(origins, now_s, strict=True)])
+
 
 def _as_history(history: np.ndarray | Sequence[float]) -> np.ndarray:
     return np.asarray(history, dtype=np.float64)
@@ -221,6 +230,18 @@ class LSTMPredictor(LoadPredictor):
         out = lstm_forward(self.weights, (bins / scale)[None, :])[0]
         ratio = float(np.interp(horizon_s, self.weights.horizons_s, out))
         return max(0.0, ratio * scale)
+
+    def predict_many(
+        self, history: np.ndarray, horizon_s: int, origins: Sequence[int], now_s: Sequence[int]
+    ) -> np.ndarray:
+        _check_horizon(horizon_s)
+        w = self.weights
+        bins = np.array([lstm_inputs(history[:t], w.bin_s, w.n_bins) for t in origins])
+        scale = bins.max(axis=1)
+        safe = np.where(scale > 0, scale, 1.0)
+        out = lstm_forward(w, bins / safe[:, None])
+        ratios = np.array([np.interp(horizon_s, w.horizons_s, row) for row in out])
+        return np.where(scale > 0, np.maximum(0.0, ratios * scale), 0.0)
 
 
 # -------------------------------------------------------------------------------------------------- registry
