@@ -119,7 +119,9 @@ def test_vpa_reads_the_measured_cpu_per_replica() -> None:
     state = loop.applied(state, ok=True)
     step, state = loop.step(state, seen(5, 5.0, cpu=0.8), 5.0, settings=PolicySettings(policy="vpa"))
     assert state.cpu["classifier"] == (0.8,)
-    assert step.decision.stage("classifier").replicas[0].cores == 1.0  # 0.8 cores used + 15 % -> the 1-core step
+    # one sample: VPA's confidence is nil, its bounds span every core choice, the request in force (1 core) stays
+    assert step.decision.stage("classifier").replicas[0].cores == 1.0
+    assert state.policy_state.cpu_histograms["classifier"].samples == 1
 
 
 class VirtualClock:

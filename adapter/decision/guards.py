@@ -21,6 +21,7 @@ its status and predictions are those of what will actually run.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from adapter.decision.model import Decision, ReplicaGroup, StageDecision
 from adapter.decision.policy_types import Policy, PolicyConfig, PolicyContext, PolicyState
@@ -161,24 +162,22 @@ def hold_scale_down(
     current = context.current
     same_shape = current is not None and [s.name for s in current.stages] == [s.name for s in decision.stages]
     if need == 0 or current is None or not same_shape or decision.cores >= current.cores - _EPS:
-        return decision, PolicyState(scale_down_streak=0)
+        return decision, replace(state, scale_down_streak=0)
     streak = state.scale_down_streak + 1
     if streak >= need:
         note = f"hysteresis: lower need held {streak} intervals; scaling down {current.cores:g} -> {decision.cores:g} cores"
-        return decision.model_copy(update={"notes": [*decision.notes, note]}), PolicyState(
-            scale_down_streak=0
-        )
+        return decision.model_copy(update={"notes": [*decision.notes, note]}), replace(state, scale_down_streak=0)
     # judge the decision in force at today's load and SLO; keep it only if it still meets every constraint
     base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
     kept = rejudge(base, config, list(current.stages), [])
     if kept.status != "optimal":
-        return decision, PolicyState(scale_down_streak=0)
+        return decision, replace(state, scale_down_streak=0)
     note = (
         f"hysteresis: holding {current.cores:g} cores ({decision.cores:g} proposed); "
         f"scale-down after {need - streak} more interval{'s' if need - streak != 1 else ''} of lower need"
     )
     held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
-    return held, PolicyState(scale_down_streak=streak)
+    return held, replace(state, scale_down_streak=streak)
 
 
 def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig) -> Decision:

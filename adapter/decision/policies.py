@@ -13,7 +13,8 @@ A policy is the problem of docs/formulation.md with some choices fixed or widene
     fa2-low/fa2-high variant fixed to the least/most accurate, cores as ipa; batch and replicas free (FA2)
     rim              replicas, cores and batch fixed; variant free (RIM)
     model-switching  resources fixed; the most accurate variant that sustains the load (Model-Switching)
-    vpa              variant and replicas fixed; cores follow measured use plus a margin, no prediction (VPA)
+    vpa              variant and replicas fixed; cores from the Kubernetes VPA recommender's decaying histogram
+                     of measured CPU use (p90 + 15 %), changed only outside its bounds, no prediction (VPA)
     static           the configuration written in the spec
 
 Context, config and state are plain values: the adaptation loop and the simulator build a `PolicyContext` every
@@ -25,9 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Literal
-
-import numpy as np
 
 from adapter.decision.guards import guarded
 from adapter.decision.model import Decision
@@ -39,6 +39,7 @@ from adapter.decision.policy_types import (
 )
 from adapter.decision.problem import Problem, Weights
 from adapter.decision.solvers import Group, Restriction, SolverName, assess, solve
+from adapter.decision.vpa import CPUHistogram, recommend, record_usage
 from adapter.spec import StageSpec
 
 
@@ -159,21 +160,30 @@ def model_switching(
 
 
 def vpa(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
-    """Cores per replica = percentile of recent use × (1 + margin), on the cpu_step grid, within the stage's range."""
+    """The Kubernetes VPA recommender and updater (adapter.decision.vpa) on each stage's replicas: the newest
+    CPU sample goes into the stage's decaying histogram; a replica's cores change to the target only when they
+    lie outside [lower bound, upper bound]. Variant, batch and replicas stay as the spec's static configuration."""
     start = config.timer()
     spec, s = config.spec, config.settings
     groups, grid, notes = [], {}, []
     in_force = {st.name: st for st in context.current.stages} if context.current is not None else {}
+    histograms = dict(state.cpu_histograms)
     for st in spec.stages:
         f = st.static_config()
         now = in_force.get(st.name)
         cores = now.replicas[0].cores if now is not None else f.cores
         usage = context.cpu_usage.get(st.name, ())
         if usage:
-            want = float(np.percentile(np.asarray(usage, dtype=float), s.vpa_percentile)) * (1 + s.vpa_margin)
-            cores = min(
-                max(math.ceil(want / spec.cpu_step - 1e-9) * spec.cpu_step, st.cores[0]), st.cores[-1]
-            )
+            hist = record_usage(histograms.get(st.name, CPUHistogram()), usage[-1], cores, context.now,
+                                s.vpa_half_life_s)
+            histograms[st.name] = hist
+            rec = recommend(hist, percentile=s.vpa_percentile / 100, margin=s.vpa_margin,
+                            min_cores=st.cores[0], max_cores=st.cores[-1])
+            new = rec.update(cores)
+            if new != cores:
+                notes.append(f"vpa: {st.name} request {cores:g} outside [{rec.lower:.3g}, {rec.upper:.3g}]: "
+                             f"target {rec.target:.3g} cores")
+            cores = min(max(math.ceil(new / spec.cpu_step - 1e-9) * spec.cpu_step, st.cores[0]), st.cores[-1])
         else:
             notes.append(f"vpa: no CPU use measured for stage {st.name}; cores kept at {cores:g}")
         grid[st.name] = (cores,)
@@ -182,7 +192,8 @@ def vpa(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tup
     p = config.problem(context, core_grid=grid, variants={st.name: (v,) for st, v, _, _, _ in groups})
     fixed = [[Group(config.catalog.option(st, v, b, c), n, p.load_rps)] for st, v, b, c, n in groups]
     elapsed = (config.timer() - start) * 1000
-    return assess(p, fixed, policy="vpa", solve_time_ms=elapsed, notes=notes), state
+    decision = assess(p, fixed, policy="vpa", solve_time_ms=elapsed, notes=notes)
+    return decision, replace(state, cpu_histograms=histograms)
 
 
 def static(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from adapter.decision.model import Decision
 from adapter.decision.problem import Catalog, Problem, ProblemError, StageProfile, Weights, weights_of
 from adapter.decision.solvers import Timer
+from adapter.decision.vpa import CPUHistogram
 from adapter.spec import GraphSpec
 
 # The names `policies.POLICIES` registers (checked there), so settings validate without importing the policies.
@@ -86,9 +87,14 @@ class PolicySettings(BaseModel):
     max_variants: int = Field(
         default=2, ge=1, le=3, description="infadapter: variants a stage may split its load over"
     )
-    vpa_percentile: float = Field(default=90.0, gt=0, le=100, description="vpa: percentile of recent CPU use")
+    vpa_percentile: float = Field(
+        default=90.0, gt=0, le=100, description="vpa: percentile of the CPU-use histogram (VPA's target: 90)"
+    )
     vpa_margin: float = Field(
-        default=0.15, ge=0, description="vpa: safety margin over that percentile (0.15 = 15 %)"
+        default=0.15, ge=0, description="vpa: safety margin over that percentile (VPA's default 0.15 = 15 %)"
+    )
+    vpa_half_life_s: float = Field(
+        default=86400.0, gt=0, description="vpa: half-life of a CPU sample's weight, seconds (VPA's: 24 h)"
     )
 
     @field_validator("policy")
@@ -170,6 +176,8 @@ class PolicyState:
     """What a policy carries from one interval to the next (explicit, never hidden)."""
 
     scale_down_streak: int = 0  # intervals in a row the policy asked for fewer cores than are in force
+    cpu_histograms: Mapping[str, CPUHistogram] = field(default_factory=dict)
+    """vpa: per stage, the decaying histogram of per-replica CPU use (adapter.decision.vpa)"""
 
 
 Policy = Callable[[PolicyContext, PolicyConfig, PolicyState], tuple[Decision, PolicyState]]
