@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adapter.cli import main
@@ -113,3 +115,31 @@ def test_report_on_a_folder_without_results(tmp_path: Path, capsys: pytest.Captu
     code, _, err = run(["report", str(tmp_path)], capsys)
     assert code == 2
     assert err.strip().startswith("ipa report: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_scores_give_late_and_dropped_requests_no_accuracy(tmp_path: Path) -> None:
+    """Two runs of 30 s at 10 requests/s, same accuracy: one answers all in time on 2 cores, the other drops
+    half on 1 core. Effective accuracy halves, and the realised objective says the cheaper run lost."""
+    from adapter.report import summarize
+    from adapter.spec import load_spec
+
+    spec = load_spec(RESNET)  # alpha 10, beta 0.5
+    n = 30  # one 30 s interval of the graph
+    base = {"t": np.arange(n, dtype=float), "load": np.full(n, 10.0), "predicted": np.full(n, 10.0),
+            "accuracy": np.full(n, 76.13), "batch": np.ones(n)}
+    good = {**base, "served": np.full(n, 10.0), "dropped": np.zeros(n), "slo_violations": np.zeros(n),
+            "ontime_acc": np.full(n, 10 * 0.7613), "cores": np.full(n, 2.0)}
+    bad = {**base, "served": np.full(n, 5.0), "dropped": np.full(n, 5.0), "slo_violations": np.full(n, 5.0),
+           "ontime_acc": np.full(n, 5 * 0.7613), "cores": np.full(n, 1.0)}
+    g, b = summarize("good", good, spec), summarize("bad", bad, spec)
+    assert g.accuracy == b.accuracy == pytest.approx(76.13)  # the accuracy of what was answered hides the drops
+    assert g.effective_accuracy == pytest.approx(76.13) and b.effective_accuracy == pytest.approx(76.13 / 2)
+    assert (g.slo_attainment_pct, b.slo_attainment_pct) == (100.0, 50.0)
+    o = spec.objective
+    assert b.objective == pytest.approx(o.alpha * 0.7613 / 2 - o.beta * 1.0 - o.delta)
+    assert g.objective > b.objective
+    assert g.coverage_pct == 100.0  # the interval's peak (10 rps) was planned for
+    older = tmp_path / "summary.csv"  # a table written before the new columns: they read as nan
+    older.write_text("policy,requests,accuracy,norm_accuracy,cores_mean,cores_peak,p99_ms,slo_violation_pct,"
+                     "drop_pct,objective\nx,10,70,50,1,1,100,1,0,6\n")
+    assert math.isnan(read_summary(older)[0].effective_accuracy)

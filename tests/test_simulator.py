@@ -285,28 +285,71 @@ def test_the_oracle_is_never_worse_than_the_reactive_predictor(
 
 
 def test_a_seeded_run_matches_its_golden_summary() -> None:
-    """A seeded simulation of the two-stage pipeline under two policies, compared with the checked-in summary.
+    """A seeded simulation of the two-stage pipeline under two policies against its golden summary.
 
-    After a deliberate change of the simulator or the policies, regenerate with
-    `IPA_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_simulator.py -k golden` and review the diff.
+    Every value has a stated reason. Those that follow from the inputs alone are derived here, independently of
+    the simulator (requests, fa2-low's accuracy, the identities between the scores, the reactive predictor's
+    coverage, fa2-low's first decisions from the profile). The rest are the simulator's outcomes, frozen in
+    tests/golden/simulator_summary.json with the reason for each in tests/golden/simulator_summary.md; after a
+    deliberate change of the simulator or the policies, regenerate with
+    `IPA_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_simulator.py -k golden`, then review the diff and write the
+    reasons again.
     """
     spec = load_spec(DATA / "video.yaml", require_profiles=True)
     profiles = load_graph_profiles(spec)
     trace = synthetic_trace("fluctuating", 300, seed=11)
     arrivals = arrival_times(trace, seed=11)
-    got = {}
+    got, runs = {}, {}
     for policy in ("joint", "fa2-low"):
-        r = simulate(spec, trace, policy, profiles=profiles, seed=11, arrivals=arrivals)
+        r = runs[policy] = simulate(spec, trace, policy, profiles=profiles, seed=11, arrivals=arrivals)
         got[policy] = {k: (round(v, 6) if isinstance(v, float) else v)
                        for k, v in asdict(summarize(policy, r.frame, spec, r.latency_ms)).items()}
         got[policy]["drops"] = r.drops
         got[policy]["decisions"] = [compact(t.decision) for t in r.ticks[:6]]
+
+    # --- derived from the inputs, not frozen
+    counts = np.bincount(arrivals.astype(np.int64), minlength=300)[:300]
+    o = spec.objective
+    for policy, g in got.items():
+        frame = runs[policy].frame
+        assert g["requests"] == len(arrivals) == counts.sum()  # every policy sees the same Poisson arrivals
+        assert g["slo_attainment_pct"] == pytest.approx(100 - g["slo_violation_pct"], abs=1e-6)
+        assert g["drop_pct"] == pytest.approx(100 * sum(g["drops"].values()) / g["requests"], abs=1e-6)
+        assert g["slo_violation_pct"] >= g["drop_pct"]  # a drop is a violation; late answers add to it
+        # the realised objective: late and dropped requests earn no accuracy
+        batch = float(np.mean(frame["batch"]))
+        assert g["objective"] == pytest.approx(
+            o.alpha * g["effective_accuracy"] / 100 - o.beta * g["cores_mean"] - o.delta * batch, abs=1e-5)
+        # the reactive predictor plans for the last interval's peak (the first interval for second 0's load):
+        # coverage is the share of 10 s intervals whose peak is at most the one before; the same for both policies
+        peaks = counts.reshape(30, 10).max(axis=1)
+        planned = np.concatenate([[counts[0]], peaks[:-1]])
+        assert g["coverage_pct"] == pytest.approx(100 * np.mean(peaks <= planned), abs=1e-6)
+    fa2 = got["fa2-low"]
+    # only YOLOv5n then ResNet-18 ever run: every answered request has the product of their accuracies
+    assert fa2["accuracy"] == pytest.approx(45.7 * 69.76 / 100, abs=1e-6) and fa2["norm_accuracy"] == 0
+    assert fa2["effective_accuracy"] == pytest.approx(fa2["accuracy"] * fa2["slo_attainment_pct"] / 100, abs=1e-5)
+    # fa2-low's cores per variant: the smallest choice whose batch-1 p99 fits the stage's half of the 600 ms SLO;
+    # replicas: the fewest whose throughput covers the planned load (the reactive peak, 7 … 12 rps here)
+    for tick, text in zip(runs["fa2-low"].ticks[:6], fa2["decisions"], strict=True):
+        parts = []
+        for st, variant in (("detector", "yolov5n"), ("classifier", "resnet18")):
+            rows = profiles[st].rows(variant)
+            choices = spec.stage(st).cores
+            cores = min(r.cores for r in rows if r.batch == 1 and r.cores in choices and r.p99_ms <= spec.slo_ms / 2)
+            h = next(r.throughput_rps for r in rows if r.batch == 1 and r.cores == cores)
+            parts.append(f"{st}={variant}:b1:c{cores:g}x{max(1, math.ceil(tick.predicted / h - 1e-9))}")
+        assert text == ";".join(parts), (tick.t, text)
+
+    # --- the simulator's outcomes, frozen with their reasons (tests/golden/simulator_summary.md)
     if os.environ.get("IPA_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     expected = json.loads(GOLDEN.read_text())
+    reasons = GOLDEN.with_suffix(".md").read_text()
     for policy, summary in expected.items():
         for key, value in summary.items():
+            assert f"`{policy}.{key}`" in reasons or f"`*.{key}`" in reasons, f"no reason for {policy}.{key}"
             if isinstance(value, float):
                 assert got[policy][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (policy, key)
             else:

@@ -17,14 +17,19 @@ The summary of a run (`summarize`):
 
     accuracy          mean pipeline accuracy of answered requests, percent
     norm_accuracy     the same mapped to 0..100 between the pipeline's least and most accurate variants
+    effective_accuracy  Model-Switching's: the mean over all requests sent of the pipeline accuracy of those
+                      answered within the SLO, a late or dropped request scoring 0 (percent)
     cores_mean/peak   mean and largest per-second cores held
     p99_ms            99th percentile end-to-end latency of answered requests (exact when the per-request
                       latencies are given, else the 99th percentile of the per-second p99s)
     slo_violation_pct requests dropped or answered later than the SLO, percent of requests sent
+    slo_attainment_pct  requests answered within the SLO, percent of requests sent (100 − slo_violation_pct)
     drop_pct          requests dropped, percent
-    objective         alpha·A − beta·cores_mean − delta·batch_mean, with A the mean over all requests sent of
-                      the pipeline accuracy (a fraction) of those answered within the SLO, 0 for the others:
-                      the optimizer's objective, with a request that misses its SLO earning nothing
+    coverage_pct      intervals whose real peak load (per second) was at or below the load planned for them
+                      (the `predicted` column × (1 + headroom)), percent of the whole intervals
+    objective         the realised objective: alpha·effective_accuracy/100 − beta·cores_mean − delta·batch_mean,
+                      the optimizer's objective with a request that misses its SLO earning nothing, so that
+                      no policy gains by dropping or answering late
 """
 
 from __future__ import annotations
@@ -106,11 +111,14 @@ class Summary:
     requests: int
     accuracy: float
     norm_accuracy: float
+    effective_accuracy: float
     cores_mean: float
     cores_peak: float
     p99_ms: float
     slo_violation_pct: float
+    slo_attainment_pct: float
     drop_pct: float
+    coverage_pct: float
     objective: float
 
 
@@ -120,11 +128,14 @@ SUMMARY_HEADERS = {
     "requests": "requests",
     "accuracy": "accuracy %",
     "norm_accuracy": "norm. accuracy %",
+    "effective_accuracy": "effective accuracy %",
     "cores_mean": "mean cores",
     "cores_peak": "peak cores",
     "p99_ms": "p99 ms",
     "slo_violation_pct": "SLO violations %",
+    "slo_attainment_pct": "SLO attainment %",
     "drop_pct": "drops %",
+    "coverage_pct": "coverage %",
     "objective": "objective",
 }
 
@@ -160,7 +171,7 @@ def summarize(name: str, frame: Frame, spec: GraphSpec, latency_ms: np.ndarray |
         return 100.0 * float(np.nansum(frame[col])) / requests if col in frame and requests else 0.0
 
     o = spec.objective
-    ontime = float(np.nansum(frame["ontime_acc"])) / requests if "ontime_acc" in frame and requests else 0.0
+    ontime = float(np.nansum(frame["ontime_acc"])) / requests if "ontime_acc" in frame and requests else math.nan
     batch = float(np.nanmean(frame["batch"])) if "batch" in frame and len(frame["batch"]) else 0.0
     cores_mean = float(np.nanmean(cores)) if len(cores) else 0.0
     return Summary(
@@ -168,13 +179,30 @@ def summarize(name: str, frame: Frame, spec: GraphSpec, latency_ms: np.ndarray |
         requests=int(round(requests)),
         accuracy=mean_acc,
         norm_accuracy=norm,
+        effective_accuracy=100.0 * ontime,
         cores_mean=cores_mean,
         cores_peak=float(np.nanmax(cores)) if len(cores) else 0.0,
         p99_ms=p99,
         slo_violation_pct=share("slo_violations"),
+        slo_attainment_pct=100.0 - share("slo_violations"),
         drop_pct=share("dropped"),
+        coverage_pct=interval_coverage(frame, spec.interval_s, spec.headroom),
         objective=o.alpha * ontime - o.beta * cores_mean - o.delta * batch,
     )
+
+
+def interval_coverage(frame: Frame, interval_s: float, headroom: float = 0.0) -> float:
+    """Percent of the whole intervals whose real per-second peak load was at or below the load planned for them
+    (the `predicted` column at the interval's start × (1 + headroom)); nan without a `predicted` column."""
+    if "predicted" not in frame or "load" not in frame:
+        return math.nan
+    step = max(1, round(interval_s))
+    k = len(frame["load"]) // step
+    if k == 0:
+        return math.nan
+    peaks = frame["load"][: k * step].reshape(k, step).max(axis=1)
+    planned = frame["predicted"][: k * step : step] * (1.0 + headroom)
+    return 100.0 * float(np.mean(peaks <= planned + 1e-9))
 
 
 def write_summary(out_dir: str | Path, summaries: Sequence[Summary], title: str = "", notes: str = "") -> None:
@@ -198,9 +226,9 @@ def read_summary(path: str | Path) -> list[Summary]:
     out = []
     for row in rows:
         try:
-            out.append(Summary(
+            out.append(Summary(  # a column an older table lacks is nan
                 policy=row["policy"], requests=int(row["requests"]),
-                **{k: float(row[k]) if row[k] != "" else math.nan for k in SUMMARY_COLUMNS[2:]},
+                **{k: float(row[k]) if row.get(k, "") != "" else math.nan for k in SUMMARY_COLUMNS[2:]},
             ))
         except (KeyError, ValueError) as e:
             raise UsageError(f"{p}: not a summary table ({e})") from None
@@ -208,9 +236,11 @@ def read_summary(path: str | Path) -> list[Summary]:
 
 
 def summary_markdown(summaries: Sequence[Summary], title: str = "", notes: str = "") -> str:
-    """The summary as a Markdown table (accuracy 2 decimals, cores 2, latency 0, percentages 2, objective 3)."""
-    digits = {"accuracy": 2, "norm_accuracy": 1, "cores_mean": 2, "cores_peak": 2, "p99_ms": 0,
-              "slo_violation_pct": 2, "drop_pct": 2, "objective": 3}
+    """The summary as a Markdown table (accuracy 2 decimals, cores 2, latency 0, percentages 2 (coverage 1),
+    objective 3)."""
+    digits = {"accuracy": 2, "norm_accuracy": 1, "effective_accuracy": 2, "cores_mean": 2, "cores_peak": 2,
+              "p99_ms": 0, "slo_violation_pct": 2, "slo_attainment_pct": 2, "drop_pct": 2, "coverage_pct": 1,
+              "objective": 3}
     lines = [f"# {title}", ""] if title else []
     lines.append("| " + " | ".join(SUMMARY_HEADERS[c] for c in SUMMARY_COLUMNS) + " |")
     lines.append("|" + "|".join("---" if c == "policy" else "---:" for c in SUMMARY_COLUMNS) + "|")
