@@ -15,7 +15,7 @@ from adapter.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = sorted((ROOT / "inference_graphs").glob("*.yaml"))
-MEASURED = {"resnet", "video-monitoring"}  # shipped with measured profiles
+MEASURED = {"resnet", "video-monitoring", "infadapter-resnet"}  # shipped with measured profiles
 
 GOOD = """\
 name: tiny
