@@ -3,7 +3,7 @@
     python benchmarks/decision_quality.py --trace-file ../shared/data/traces/twitter.tbz2 [--seeds 0,1,2]
         [--quantile 0.9] [--out results/decision-quality] [--windows video-bursty,...]
 
-Every window is one `adapter.experiment.run_experiment` (the simulator with the live adapter's own loop, every
+Every window is one `adapter.sim.experiment.run_experiment` (the simulator with the live adapter's own loop, every
 policy on the very same Poisson arrivals, the results folder with its plots under `--out`):
 
     video-bursty … video-fluctuating   IPA's four windows of the Twitter trace (÷ 8) on the video pipeline
@@ -16,7 +16,7 @@ policy on the very same Poisson arrivals, the results folder with its plots unde
 
 Rows: `joint` with the oracle predictor (the next interval's peak known), `joint` with the bare LSTM forecast,
 and then every policy with the LSTM planning for the `--quantile` of its recent errors (`load_quantile` in the
-spec, adapter.conformal): `joint·plan`, ipa, infadapter, vpa, fa2-low, fa2-high, rim. Columns: SLO violations
+spec, adapter.forecast.conformal): `joint·plan`, ipa, infadapter, vpa, fa2-low, fa2-high, rim. Columns: SLO violations
 (dropped or late, % of requests), effective accuracy (late or dropped = 0), mean and peak cores, the realised
 objective (α·effective accuracy − β·cores − δ·batch), coverage (% of intervals whose real peak was at most the
 load planned). With several seeds a cell is the mean and (min–max) over the seeds; the targets are judged on
@@ -41,11 +41,11 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapter.experiment import run_experiment  # noqa: E402
-from adapter.report import Summary  # noqa: E402
-from adapter.simulator import SimResult  # noqa: E402
+from adapter.sim.experiment import run_experiment  # noqa: E402
+from adapter.sim.simulator import SimResult  # noqa: E402
+from adapter.sim.summary import Summary  # noqa: E402
 from adapter.spec import GraphSpec, load_spec  # noqa: E402
-from adapter.workload import PRESETS, Trace, preset_trace, read_trace, synthetic_trace  # noqa: E402
+from adapter.workloads.traces import PRESETS, Trace, preset_trace, read_trace, synthetic_trace  # noqa: E402
 
 HISTORY_S = 120
 UNTUNED_SEED = 2027

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from adapter.cli import main
-from adapter.sim.report import SUMMARY_COLUMNS, read_frame, read_summary
+from adapter.sim.report import read_frame
+from adapter.sim.summary import SUMMARY_COLUMNS, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = ROOT / "tests" / "data" / "sim" / "resnet.yaml"  # a frozen copy of the shipped graph and profile
@@ -120,7 +121,7 @@ def test_report_on_a_folder_without_results(tmp_path: Path, capsys: pytest.Captu
 def test_scores_give_late_and_dropped_requests_no_accuracy(tmp_path: Path) -> None:
     """Two runs of 30 s at 10 requests/s, same accuracy: one answers all in time on 2 cores, the other drops
     half on 1 core. Effective accuracy halves, and the realised objective says the cheaper run lost."""
-    from adapter.report import summarize
+    from adapter.sim.summary import summarize
     from adapter.spec import load_spec
 
     spec = load_spec(RESNET)  # alpha 10, beta 0.5

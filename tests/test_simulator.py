@@ -18,9 +18,9 @@ from adapter.decision.model import Decision, ObjectiveTerms, ReplicaGroup, Stage
 from adapter.profiling.profile import Profile, load_graph_profiles
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable
 from adapter.sim.metrics import compact
-from adapter.sim.report import summarize
 from adapter.sim.service import TAIL_CAP, NormalStream, ServiceTime
 from adapter.sim.simulator import SimSettings, simulate
+from adapter.sim.summary import summarize
 from adapter.spec import GraphSpec, load_spec, parse_spec
 from adapter.workloads.traces import arrival_times, synthetic_trace
 

@@ -16,8 +16,8 @@ from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
 from adapter.forecast.predictors import PREDICTOR_NAMES
 from adapter.sim.experiment import check_policies, run_experiment
-from adapter.sim.report import summary_markdown
 from adapter.sim.simulator import SimSettings, known_policies
+from adapter.sim.summary import summary_markdown
 from adapter.spec import load_spec
 from adapter.workloads.slo import DynamicSLO, read_bandwidth_log
 from adapter.workloads.traces import ARRIVAL_KINDS, PRESETS, read_trace

@@ -48,16 +48,9 @@ from adapter.forecast.predictors import PREDICTOR_NAMES
 from adapter.live.measured import LiveRun, latencies_ms, measured_frame, run_live
 from adapter.profiling.profile import load_graph_profiles
 from adapter.sim.metrics import Frame, TickRecord
-from adapter.sim.report import (
-    Summary,
-    plot_frames,
-    plot_tradeoff,
-    summarize,
-    summary_markdown,
-    write_frame,
-    write_summary,
-)
+from adapter.sim.report import plot_frames, plot_tradeoff, write_frame
 from adapter.sim.simulator import AdapterStep, SimResult, SimSettings, simulate
+from adapter.sim.summary import Summary, summarize, summary_markdown, write_summary
 from adapter.spec import GraphSpec, load_spec
 from adapter.workloads.loadgen import LoadPlan
 from adapter.workloads.traces import Trace, workload_from_spec

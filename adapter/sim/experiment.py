@@ -20,8 +20,9 @@ import numpy as np
 from adapter.errors import UsageError
 from adapter.forecast.predictors import PREDICTOR_NAMES
 from adapter.profiling.profile import load_graph_profiles
-from adapter.sim.report import Summary, plot_frames, plot_tradeoff, summarize, write_frame, write_summary
+from adapter.sim.report import plot_frames, plot_tradeoff, write_frame
 from adapter.sim.simulator import SimResult, SimSettings, known_policies, simulate
+from adapter.sim.summary import Summary, summarize, write_summary
 from adapter.spec import GraphSpec
 from adapter.workloads.traces import Trace, arrival_times
 
