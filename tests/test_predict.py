@@ -163,5 +163,10 @@ def test_ipa_predictor_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixt
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + 4 and "MAE (rps)" in table[0]
     assert table[-1].startswith("| oracle | 54 | 0.00 | 0.0 % |")
+    assert ipa([*evaluate[:7], "reactive,oracle", "--interval", "20", "--quantile", "0.9"]) == 0
+    rows = {line.split(" | ")[0][2:]: line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"predictor", "---", "reactive", "oracle", "reactive+q0.9"}  # the oracle needs no margin
+    under = {n: float(rows[n].split(" | ")[3].rstrip(" %")) for n in ("reactive", "reactive+q0.9")}
+    assert under["reactive+q0.9"] < under["reactive"]
     assert ipa(["predictor", "eval", "--trace", "synthetic:bursty", "--predictor", "prophet"]) == 2
     assert "unknown predictor 'prophet'" in capsys.readouterr().err

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from tqdm import tqdm
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
+from adapter.forecast.conformal import ConformalPredictor
 from adapter.forecast.lstm_training import TrainingConfig, train_lstm
 from adapter.forecast.predictors import (
     DEFAULT_LSTM_WEIGHTS,
     PREDICTOR_NAMES,
+    LoadPredictor,
     LSTMWeights,
     PredictorScore,
     evaluate_predictor,
@@ -60,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--interval", type=int, default=20, metavar="S", help="adapter interval (default 20 s)")
     evaluate.add_argument("--warmup", type=int, default=120, metavar="S", help="history before the first prediction")
     evaluate.add_argument("--weights", metavar="NPZ", help=f"LSTM weights (default {DEFAULT_LSTM_WEIGHTS.name} shipped)")
+    evaluate.add_argument(
+        "--quantile", type=float, metavar="Q",
+        help="also score each predictor planning for the Q quantile of its recent errors (the spec's load_quantile, "
+        "adapter.forecast.conformal): its under-predicted share is 1 − coverage, its over-provisioning the margin's cost",
+    )
+    evaluate.add_argument("--quantile-window", type=int, default=30, metavar="N",
+                          help="intervals the quantile is taken over (default 30)")
     evaluate.set_defaults(func=_eval)
 
 
@@ -106,11 +116,18 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError("--interval must be >= 1 and --warmup >= 0")
     trace = trace_from_args(args)
     weights = LSTMWeights.load(args.weights or DEFAULT_LSTM_WEIGHTS) if "lstm" in names else None
-    predictors = [make_predictor(n, trace=trace.rates, weights=weights) for n in names]
+    predictors: list[tuple[str, LoadPredictor]] = [
+        (n, make_predictor(n, trace=trace.rates, weights=weights)) for n in names
+    ]
+    if args.quantile is not None:
+        predictors += [
+            (f"{n}+q{args.quantile:g}", ConformalPredictor(p, args.quantile, args.quantile_window))
+            for n, p in list(predictors) if n != "oracle"
+        ]
     scores = []
-    for predictor in tqdm(predictors, unit="predictor", desc="eval", leave=False):
+    for label, predictor in tqdm(predictors, unit="predictor", desc="eval", leave=False):
         began = time.perf_counter()
-        score = evaluate_predictor(predictor, trace.rates, args.interval, args.warmup)
+        score = replace(evaluate_predictor(predictor, trace.rates, args.interval, args.warmup), predictor=label)
         scores.append((score, (time.perf_counter() - began) / score.intervals * 1e6))
     print(f"{trace.name}: {trace.duration_s} s, mean {trace.mean_rps:.1f} rps, peak {trace.peak_rps:.1f} rps; "
           f"interval {args.interval} s")  # fmt: skip
