@@ -311,7 +311,8 @@ def main() -> int:
               flush=True)
 
         def set_batch(b: int) -> None:
-            httpx.post(f"{ours.url}/v2/models/ipa/control", json={"batch_size": b}, timeout=120).raise_for_status()
+            httpx.post(f"{ours.url}/v2/models/ipa/control", json={"batch_size": b}, timeout=120,
+                       headers={"authorization": f"Bearer {ours.token}"}).raise_for_status()
 
         points: list[Point] = []
         floors: dict[int, Point] = {}

@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from mlserver_ipa.auth import TOKEN_FILE_ENV, write_token_file
+
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -34,7 +36,9 @@ class Server:
         settings = {"parallel_workers": 0, "host": "127.0.0.1", "http_port": self.http_port,
                     "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
         (repo / "settings.json").write_text(json.dumps(settings))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+        token_file = log.with_suffix(".token")
+        self.token = write_token_file(token_file)  # the runtime's control changes need one
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_FILE_ENV: str(token_file),
                "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
 
         def child_setup() -> None:

@@ -16,6 +16,7 @@ what happened (the load generator counts them). Errors:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from mlserver_ipa.auth import bearer, load_token
 
 try:
     import orjson
@@ -135,8 +138,15 @@ class InferResult:
 class V2Client:
     """Async V2 REST client on one httpx connection pool; use as `async with V2Client(url) as client`."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0, max_connections: int = 256) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, max_connections: int = 256,
+                 token: str | None = None) -> None:
+        """`token`: the pipeline's token, sent with writes only (control changes, model load/unload); None
+        takes it from `$IPA_TOKEN_FILE` / `$IPA_TOKEN` when they are set (`mlserver_ipa.auth`)."""
         self.base_url = base_url.rstrip("/")
+        if token is None:
+            with contextlib.suppress(ValueError):  # an unreadable file: writes are answered 401, which says so
+                token = load_token()
+        self._writes = {"content-type": "application/json", **bearer(token)}
         # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive closes them from its side:
         # reusing a connection the server is closing at that moment fails with a ReadError.
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
@@ -232,8 +242,7 @@ class V2Client:
         path = f"/v2/models/{model}/control"
         try:
             if changes:
-                response = await self._http.post(path, content=_dumps(changes),
-                                                 headers={"content-type": "application/json"})
+                response = await self._http.post(path, content=_dumps(changes), headers=self._writes)
             else:
                 response = await self._http.get(path)
         except httpx.HTTPError as e:
@@ -276,7 +285,7 @@ class V2Client:
 
     async def _repository(self, path: str) -> None:
         try:
-            response = await self._http.post(path, content=b"{}", headers={"content-type": "application/json"})
+            response = await self._http.post(path, content=b"{}", headers=self._writes)
         except httpx.HTTPError as e:
             raise V2TransportError(f"POST {self.base_url}{path}: {e}") from e
         if not response.is_success:

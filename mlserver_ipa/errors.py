@@ -5,6 +5,8 @@
     └── RuntimeError_ (not raised itself)
         ├── InvalidInput         400  the request does not fit the model (name, dtype, shape, parameters)
         ├── RequestTooLarge      413  more rows than `max_request_rows`: split it and retry
+        ├── Unauthorized         401  a control change without the pipeline's token, or with another one
+        ├── WritesDisabled       403  a control change on a server started without a token
         ├── InvalidControl       422  a control body that cannot be applied (unknown variant, batch 0, ...)
         ├── Overloaded           503  the queue is full: retry later or elsewhere
         ├── DeadlineUnmeetable   504  the deadline cannot be met here: do not retry here
@@ -31,6 +33,14 @@ class InvalidInput(RuntimeError_):
 
 class RequestTooLarge(RuntimeError_):
     status = 413
+
+
+class Unauthorized(RuntimeError_):
+    status = 401
+
+
+class WritesDisabled(RuntimeError_):
+    status = 403
 
 
 class InvalidControl(RuntimeError_):

@@ -7,15 +7,64 @@ request first draws a group with probability proportional to its share (groups w
 skipped and the others renormalised), then goes to the replica of that group with the fewest outstanding
 requests. Outstanding counts are kept per replica id, also for replicas just removed from the table, so the
 executor can wait until a replica it took out has finished its last request before stopping it.
+
+What a route may name is checked when it is set (`Upstreams`): replica URLs are `http(s)://host:port` with
+nothing after the port, on an allowed host (loopback unless told otherwise) and, when the executor says which
+replicas it started, one of their addresses; model, variant and replica names have no path characters. A
+route that does not pass is refused whole (`ValueError`), the previous one stays.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""Model, variant and replica names: letters, digits, `_`, `.`, `-`; never a path (`../admin?x=`)."""
+MAX_GROUPS = 64
+MAX_REPLICAS = 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def replica_address(url: str) -> str:
+    """`host:port` of a replica base URL `http(s)://host:port`; `ValueError` for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"replica url {url!r}: scheme must be http or https")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"replica url {url!r}: no user or password")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"replica url {url!r}: only scheme, host and port (no path, query or fragment)")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"replica url {url!r}: {e}") from None
+    if not parts.hostname or port is None:
+        raise ValueError(f"replica url {url!r}: needs a host and a port")
+    return f"{parts.hostname}:{port}"
+
+
+@dataclass
+class Upstreams:
+    """Where the router may send a stage's requests (see module doc)."""
+
+    hosts: Collection[str] = LOOPBACK_HOSTS
+    """hosts replica URLs may name"""
+    addresses: Callable[[], Collection[str]] | None = None
+    """the `host:port` of every replica the executor started (None: any port of an allowed host)"""
+
+    def check(self, url: str) -> None:
+        address = replica_address(url)
+        host = address.rsplit(":", 1)[0]
+        if host not in self.hosts:
+            raise ValueError(f"replica url {url!r}: host {host!r} is not one the router sends to "
+                             f"({', '.join(sorted(self.hosts))})")
+        if self.addresses is not None and address not in set(self.addresses()):
+            raise ValueError(f"replica url {url!r}: {address} is not a replica the cluster started")
 
 
 class ReplicaRoute(BaseModel):
@@ -23,18 +72,24 @@ class ReplicaRoute(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, description="unique over the pipeline, e.g. `detector-3`")
-    url: str = Field(min_length=1, description="base URL of its V2 REST server, e.g. http://127.0.0.1:8081")
+    id: str = Field(pattern=NAME_PATTERN, description="unique over the pipeline, e.g. `detector-3`")
+    url: str = Field(max_length=256, description="base URL of its V2 REST server, e.g. http://127.0.0.1:8081")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        replica_address(url)
+        return url.rstrip("/")
 
 
 class RouteGroup(BaseModel):
     """Replicas of one variant and the fraction of the stage's load they get."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    variant: str
-    load_share: float = Field(1.0, ge=0, description="relative weight; shares need not sum to 1")
-    replicas: list[ReplicaRoute] = Field(default_factory=list)
+    variant: str = Field(pattern=NAME_PATTERN)
+    load_share: float = Field(1.0, ge=0, le=1e6, description="relative weight; shares need not sum to 1")
+    replicas: list[ReplicaRoute] = Field(default_factory=list, max_length=MAX_REPLICAS)
 
 
 class StageRoute(BaseModel):
@@ -42,8 +97,8 @@ class StageRoute(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, description="model name served by the replicas (`/v2/models/<model>`)")
-    groups: list[RouteGroup] = Field(default_factory=list)
+    model: str = Field(pattern=NAME_PATTERN, description="model name served by the replicas (`/v2/models/<model>`)")
+    groups: list[RouteGroup] = Field(default_factory=list, max_length=MAX_GROUPS)
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> StageRoute:
@@ -97,10 +152,16 @@ class RouteTable:
     outstanding: dict[str, int] = field(default_factory=dict)
     stage_of: dict[str, str] = field(default_factory=dict)  # replica id -> stage, while it has requests
     rng: random.Random = field(default_factory=random.Random)
+    upstreams: Upstreams = field(default_factory=Upstreams)
 
     def set_route(self, stage: str, route: StageRoute) -> None:
+        """Replace the route of `stage`; `KeyError` for another stage, `ValueError` for a replica the router
+        may not send to (the previous route stays)."""
         if stage not in self.stages:
             raise KeyError(stage)
+        for group in route.groups:
+            for replica in group.replicas:
+                self.upstreams.check(replica.url)
         self.routes[stage] = route
         for rid in route.replica_ids:
             self.outstanding.setdefault(rid, 0)

@@ -18,7 +18,11 @@ deadline allows (inference is idempotent). Errors come in the V2 shape `{"error"
 
 The table is changed in place: by the executor in the same process (`await router.update_stage(...)`), or over
 HTTP (`PUT /router/stages/<stage>` with a `StageRoute` body; `RouterClient` does it) when the router runs as
-its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`.
+its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`. That write needs the
+pipeline's token (`Authorization: Bearer <token>`, `mlserver_ipa.auth`: 401 without it, 403 on a router started
+without one); a route naming a replica the router may not send to is refused 422 (`route_table.Upstreams`).
+Reads (`GET /router`, `/metrics`, health) stay open. Every connection has the request limits
+(`mlserver_ipa.limits`, `mlserver_ipa.protocol`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
 """
 
@@ -40,7 +44,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus
+from mlserver_ipa.auth import WriteAuth, bearer, load_token
+from mlserver_ipa.limits import LimitsMiddleware, RequestLimits
+from mlserver_ipa.protocol import uvicorn_options
+from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
+from mlserver_ipa.settings import MAX_DEADLINE_MS
+
+ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+")]
+"""Routes of the router that change what it does."""
+MAX_REQUEST_ID_CHARS = 128
 
 CHAIN_OUTPUT, CHAIN_INPUT = "output", "input"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
@@ -82,13 +94,15 @@ class PipelineRouter:
         timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
+        upstreams: Upstreams | None = None,
     ) -> None:
         """`retries`: other replicas tried after one that failed; `timeout_s`: longest wait for a stage when
-        the request carries no deadline; `registry`: where the metrics go (a fresh one when None)."""
+        the request carries no deadline; `registry`: where the metrics go (a fresh one when None);
+        `upstreams`: where routes may send requests (loopback replicas when None)."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.pipeline = pipeline
-        self.table = RouteTable(list(stages))
+        self.table = RouteTable(list(stages), upstreams=upstreams or Upstreams())
         self.retries = retries
         self.timeout_s = timeout_s
         self.clock = clock
@@ -119,7 +133,8 @@ class PipelineRouter:
     # -- the table -------------------------------------------------------------------------------------
 
     async def update_stage(self, stage: str, route: StageRoute) -> StageStatus:
-        """Replace the routing of `stage`; requests already sent finish where they are."""
+        """Replace the routing of `stage`; requests already sent finish where they are. `ValueError` when the
+        route names a replica the router may not send to (nothing changes then)."""
         self.table.set_route(stage, route)
         return self.table.stage_status(stage)
 
@@ -159,8 +174,11 @@ class PipelineRouter:
         if not isinstance(params, dict):
             raise PipelineError(400, "`parameters` must be a JSON object")
         raw_deadline = params.get("deadline_ms")
-        if raw_deadline is not None and (isinstance(raw_deadline, bool) or not isinstance(raw_deadline, int | float)):
-            raise PipelineError(400, "parameters.deadline_ms must be a number")
+        if raw_deadline is not None and (isinstance(raw_deadline, bool) or not isinstance(raw_deadline, int | float)
+                                         or not -MAX_DEADLINE_MS <= raw_deadline <= MAX_DEADLINE_MS):
+            raise PipelineError(400, f"parameters.deadline_ms must be a number of ms, at most {MAX_DEADLINE_MS:.0f}")
+        if "id" in body and (not isinstance(body["id"], str) or len(body["id"]) > MAX_REQUEST_ID_CHARS):
+            raise PipelineError(400, f"id must be a string of at most {MAX_REQUEST_ID_CHARS} characters")
         deadline = None if raw_deadline is None else float(raw_deadline)
         inputs: list[Any] = body["inputs"]
         extra: list[dict[str, Any]] = []
@@ -265,10 +283,12 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(router: PipelineRouter) -> FastAPI:
-    """The router's HTTP surface: V2 inference, health, metrics, and the table under `/router`."""
+def create_app(router: PipelineRouter, token: str | None = None) -> FastAPI:
+    """The router's HTTP surface: V2 inference, health, metrics, and the table under `/router`; writing the
+    table needs `token` (refused with 403 when None)."""
     app = FastAPI(title=f"IPA pipeline router: {router.pipeline}", docs_url="/router/docs",
                   openapi_url="/router/openapi.json")
+    app.add_middleware(WriteAuth, token=token, writes=ROUTER_WRITES)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -331,7 +351,10 @@ def create_app(router: PipelineRouter) -> FastAPI:
     async def put_stage(stage: str, route: StageRoute) -> Response:
         if stage not in router.stages:
             return _error(404, f"no stage {stage!r}; stages: {', '.join(router.stages)}")
-        return JSONResponse((await router.update_stage(stage, route)).model_dump())
+        try:
+            return JSONResponse((await router.update_stage(stage, route)).model_dump())
+        except ValueError as e:
+            return _error(422, str(e))
 
     return app
 
@@ -339,8 +362,9 @@ def create_app(router: PipelineRouter) -> FastAPI:
 class RouterClient:
     """The table of a router in another process, with the same `update_stage`/`stage_status` as the router."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, base_url: str, timeout_s: float = 5.0, token: str | None = None) -> None:
+        """`token`: the pipeline's token, which table writes need."""
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=bearer(token))
 
     async def update_stage(self, stage: str, route: StageRoute) -> StageStatus:
         resp = await self._client.put(f"/router/stages/{stage}", json=route.model_dump())
@@ -362,15 +386,19 @@ a connection the server is closing."""
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
-    """Serve an ASGI app in the running event loop; yields its base URL (port 0: a free one); stops on exit.
+async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080,
+                    limits: RequestLimits | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app in the running event loop, with the request limits (`RequestLimits.from_env()` when
+    None) on every connection; yields its base URL (port 0: a free one); stops on exit.
 
     Raises OSError when it cannot listen (the port is taken, ...).
     """
     import uvicorn
 
+    limits = limits or RequestLimits.from_env()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                           access_log=False, timeout_keep_alive=KEEP_ALIVE_S))
+                                           access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                                           **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits))))
 
     async def run() -> None:
         with contextlib.suppress(SystemExit):  # uvicorn exits the process when it cannot bind: not ours to end
@@ -392,10 +420,12 @@ async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080) -> Asyn
 
 
 @contextlib.asynccontextmanager
-async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[str]:
-    """Serve `router` on host:port in the running event loop; yields its base URL; stops on exit."""
+async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 8080,
+                token: str | None = None) -> AsyncIterator[str]:
+    """Serve `router` on host:port in the running event loop (table writes need `token`); yields its base URL;
+    stops on exit."""
     try:
-        async with serve_app(create_app(router), host, port) as url:
+        async with serve_app(create_app(router, token), host, port) as url:
             yield url
     finally:
         await router.aclose()
@@ -410,8 +440,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import uvicorn
 
+    try:
+        token = load_token()
+        limits = RequestLimits.from_env()
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: {e}\n")
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s])
-    uvicorn.run(create_app(router), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(router, token), host=args.host, port=args.port, log_level="warning",
+                timeout_keep_alive=KEEP_ALIVE_S, **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters
 from pydantic import ValidationError
 
+from mlserver_ipa.auth import TokenError, check, load_token
 from mlserver_ipa.batching import Batcher, BatchPolicy, Rejection, ServiceTimes
 from mlserver_ipa.errors import (
     DeadlineUnmeetable,
@@ -42,6 +43,8 @@ from mlserver_ipa.errors import (
     InvalidControl,
     InvalidInput,
     Overloaded,
+    Unauthorized,
+    WritesDisabled,
 )
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
@@ -113,6 +116,7 @@ class VariantRuntime(MLModel):
         self._switches = 0
         self._last_switch_ms: float | None = None
         self._signature: tuple | None = None
+        self._token = load_token()  # control changes need it (`mlserver_ipa.auth`); None refuses them
 
         # The control endpoint: MLServer mounts callables carrying a CustomHandler at exactly their rest_path,
         # and the path has to name this model, so the handlers are made per instance.
@@ -122,6 +126,10 @@ class VariantRuntime(MLModel):
             return self.state().model_dump(exclude_none=True)
 
         async def control_apply(request: Request) -> dict:
+            try:
+                check(request.headers.get("authorization"), self._token)
+            except TokenError as e:
+                raise (Unauthorized if e.status == 401 else WritesDisabled)(str(e)) from None
             return (await self.apply(_parse_control(await request.body()))).model_dump(exclude_none=True)
 
         register_custom_handler(CustomHandler(rest_path=path, rest_method="GET"), control_state)
@@ -161,6 +169,8 @@ class VariantRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         arrival = self._clock()
+        if payload.id is not None and len(payload.id) > self.config.max_request_id_chars:
+            raise InvalidInput(f"id has {len(payload.id)} characters; at most {self.config.max_request_id_chars}")
         slo = _parse_slo(payload.parameters)
         session = self._sessions.active
         feeds, rows = decode_inputs(
@@ -366,9 +376,13 @@ def _parse_slo(parameters: Parameters | None) -> RequestSLO:
         raise InvalidInput(f"parameters: {describe_validation_error(e)}") from e
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _parse_control(body: bytes) -> ControlRequest:
     try:
-        data = json.loads(body or b"{}")
+        data = json.loads(body or b"{}", parse_constant=_refuse_constant)
     except ValueError as e:
         raise InvalidControl(f"control body is not JSON: {e}") from e
     if not isinstance(data, dict):

@@ -17,11 +17,26 @@ on that path answer. `RequestSLO` is read from V2 request `parameters` (`deadlin
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 OnLate = Literal["drop", "serve"]
+
+THREADS_PER_CORE = 2
+"""Most onnxruntime threads per core of this machine a replica may be given (more only adds switching)."""
+MAX_THREADS = THREADS_PER_CORE * (os.cpu_count() or 1)
+MAX_BATCH_SIZE = 1024
+"""Largest batch a replica may be set to: far past any profiled point, small enough to allocate."""
+MAX_BATCH_TIME_MS = 10_000.0
+"""Longest batch window, ms: a window is a wait added to every request's latency."""
+MAX_QUEUE_LIMIT = 100_000
+MAX_DEADLINE_MS = 86_400_000.0
+"""Longest per-request deadline, ms (a day): anything longer is "no deadline"; send none instead."""
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""Variant and model names: letters, digits, `_`, `.`, `-`; no path separators."""
 
 
 class VariantSpec(BaseModel):
@@ -29,7 +44,7 @@ class VariantSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN)
     """Name used in the control endpoint, response parameters and metric labels."""
     uri: str = Field(min_length=1)
     """ONNX file; relative paths are relative to the folder of `model-settings.json`."""
@@ -40,30 +55,32 @@ class VariantSpec(BaseModel):
 class RuntimeSettings(BaseModel):
     """`parameters.extra` of the runtime's `model-settings.json`. Unknown keys are an error, so typos show."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     variants: list[VariantSpec] = Field(min_length=1)
     """Variants this replica may switch between without restarting."""
     active: str | None = None
     """Variant served after load; the first of `variants` when left out."""
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=MAX_BATCH_SIZE)
     """Most rows one onnxruntime call takes (requests with several rows count each row)."""
-    max_batch_time_ms: float = Field(default=0.0, ge=0)
+    max_batch_time_ms: float = Field(default=0.0, ge=0, le=MAX_BATCH_TIME_MS)
     """Longest a request waits for a batch to fill, in ms. 0 (as Triton's default): batches form only from
     what is already queued, so batching never adds latency when the server is idle."""
-    threads: int = Field(default=1, ge=1)
-    """onnxruntime intra-op threads: set it to the cores this replica has."""
-    queue_limit: int = Field(default=256, ge=1)
+    threads: int = Field(default=1, ge=1, le=MAX_THREADS)
+    """onnxruntime intra-op threads: set it to the cores this replica has (at most 2 per core here)."""
+    queue_limit: int = Field(default=256, ge=1, le=MAX_QUEUE_LIMIT)
     """Most requests waiting; past it the least urgent one is answered "overloaded" (HTTP 503)."""
     on_late: OnLate = "drop"
     """A request that can no longer meet its deadline: `drop` answers HTTP 504 at once; `serve` serves it
     anyway and counts a deadline miss."""
-    default_deadline_ms: float | None = Field(default=None, gt=0)
+    default_deadline_ms: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_MS)
     """Deadline for requests that carry none; none means such requests never expire."""
     default_priority: int = 0
     """Priority class of requests that carry none. Lower is more urgent (as Triton's V2 `priority`)."""
-    max_request_rows: int = Field(default=64, ge=1)
+    max_request_rows: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     """Most rows (first dimension) one request may carry; larger requests get HTTP 413."""
+    max_request_id_chars: int = Field(default=128, ge=8, le=4096)
+    """Longest V2 request `id`; longer ones get HTTP 400 (MLServer echoes the id into a response header)."""
     chain_input: str | None = "output"
     """The tensor a previous pipeline stage passes on. Seldon's executor forwards a stage's outputs to the next
     stage under their own names, so when the model's single input is absent and this one is present, it is taken
@@ -93,13 +110,14 @@ class RuntimeSettings(BaseModel):
 class ControlRequest(BaseModel):
     """Body of `POST /v2/models/<model>/control`: any subset of the fields; the rest stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
-    variant: str | None = Field(default=None, min_length=1)
-    batch_size: int | None = Field(default=None, ge=1)
-    max_batch_time_ms: float | None = Field(default=None, ge=0)
-    threads: int | None = Field(default=None, ge=1)
-    queue_limit: int | None = Field(default=None, ge=1)
+    variant: str | None = Field(default=None, pattern=NAME_PATTERN)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    max_batch_time_ms: float | None = Field(default=None, ge=0, le=MAX_BATCH_TIME_MS)
+    threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
+    """At most `THREADS_PER_CORE` × this machine's cores."""
+    queue_limit: int | None = Field(default=None, ge=1, le=MAX_QUEUE_LIMIT)
     on_late: OnLate | None = None
 
 
@@ -133,11 +151,11 @@ class ControlState(BaseModel):
 class RequestSLO(BaseModel):
     """The per-request SLO read from V2 request `parameters` (DESIGN.md §3); other parameters are ignored."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
-    deadline_ms: float | None = None
-    """Remaining budget in ms, counted from the request's arrival here."""
-    priority: int | None = None
+    deadline_ms: float | None = Field(default=None, le=MAX_DEADLINE_MS)
+    """Remaining budget in ms, counted from the request's arrival here: a number (not a string, not a bool)."""
+    priority: int | None = Field(default=None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
     """Priority class; lower is more urgent."""
 
 

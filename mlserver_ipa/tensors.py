@@ -1,7 +1,8 @@
 """V2 tensors to numpy and back, checked against the model's signature.
 
 Every way a request can fail to fit the model (missing or unknown input, wrong datatype, wrong shape, data that
-does not match its shape or type, too many rows) becomes an `InvalidInput` (400) or `RequestTooLarge` (413)
+does not match its shape or type, a floating-point value that is not finite (NaN, ±Infinity, or out of the
+type's range, such as 1e39 as FP32), too many rows) becomes an `InvalidInput` (400) or `RequestTooLarge` (413)
 that says what was sent and what the model expects, before the request reaches a queue or onnxruntime.
 """
 
@@ -77,12 +78,19 @@ def _to_array(tensor: RequestInput, spec: TensorSpec, shape: list[int]) -> np.nd
         if isinstance(data, bytes):  # raw contents (gRPC)
             array = np.frombuffer(data, dtype=spec.dtype)
         else:
-            array = np.asarray(data, dtype=spec.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are refused below
+                array = np.asarray(data, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise InvalidInput(f"input {spec.name!r}: data is not {spec.datatype}: {e}") from e
     need = math.prod(shape)
     if array.size != need:
         raise InvalidInput(f"input {spec.name!r} has {array.size} values; shape {shape} needs {need}")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            at = int(np.argmin(finite))
+            raise InvalidInput(f"input {spec.name!r}: value {at} is {float(array.flat[at])} as {spec.datatype}; "
+                               "only finite numbers in the type's range are accepted")
     return array.reshape(shape)
 
 

@@ -4,13 +4,16 @@
     server.http_url, server.grpc_url, server.metrics_url, server.log()
     server.stop()                                # or leave it to the fixture's teardown
 
-`start_mlserver` runs `mlserver start` on loopback, on free ports, in its own process group, from a run folder
+`start_mlserver` runs `python -m mlserver_ipa.server` (`mlserver start` with the pipeline's guards) on loopback, on free ports, in its own process group, from a run folder
 beside the repository (its `settings.json` overridden with host and ports, everything else linked), waits until
 every model in it is READY, and at teardown ends the process group. The repository is never modified, so one
 built repository can be served by several servers at once.
 
 `variant_repo` is a small two-variant repository for `mlserver_ipa.runtime.VariantRuntime`, built once per
 session with the demo zoo (`mlserver_ipa.zoo.build_repository`) at a small resolution.
+
+The test session has one pipeline token (`TEST_TOKEN`, in a file named by `$IPA_TOKEN_FILE`), which every
+server started here inherits and `V2Client` sends with its writes, as in a pipeline `ipa up` started.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +37,23 @@ import pytest
 
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 90.0
+
+
+def _session_token() -> str:
+    from mlserver_ipa.auth import TOKEN_FILE_ENV, load_token, write_token_file
+
+    if not os.environ.get(TOKEN_FILE_ENV):
+        path = Path(tempfile.mkdtemp(prefix="ipa-test-token-")) / "token"
+        write_token_file(path)
+        os.environ[TOKEN_FILE_ENV] = str(path)
+    token = load_token()
+    assert token is not None
+    return token
+
+
+TEST_TOKEN = _session_token()
+AUTH = {"authorization": f"Bearer {TEST_TOKEN}"}
+"""The header writes need in this test session."""
 
 
 def free_port() -> int:
@@ -103,6 +124,7 @@ def _run_dir(repo: Path, run_dir: Path, settings: dict[str, Any]) -> None:
         base = json.loads((repo / "settings.json").read_text())
     base.setdefault("parallel_workers", 0)
     base.update(settings)
+    base = {k: v for k, v in base.items() if v is not None}  # None: leave the setting out
     (run_dir / "settings.json").write_text(json.dumps(base, indent=2))
     for child in repo.iterdir():
         if child.name != "settings.json":
@@ -110,14 +132,14 @@ def _run_dir(repo: Path, run_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def launch_mlserver(repo: Path, run_dir: Path, *, timeout: float = STARTUP_TIMEOUT_S, **settings: Any) -> MLServer:
-    """Start `mlserver start` serving `repo` and wait until all its models are READY."""
+    """Start a replica server (`mlserver_ipa.server`) serving `repo` and wait until all its models are READY."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     _run_dir(Path(repo), run_dir, {"host": "127.0.0.1", **ports, **settings})
     log_path = run_dir.parent / f"{run_dir.name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(VENV_BIN / "mlserver"), "start", str(run_dir)],
+            [sys.executable, "-m", "mlserver_ipa.server", str(run_dir)],
             stdout=log, stderr=subprocess.STDOUT, cwd=run_dir, env=env, start_new_session=True,
         )
     server = MLServer(Path(repo), run_dir, ports["http_port"], ports["grpc_port"], ports["metrics_port"],

@@ -12,15 +12,20 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import SMALL_RESOLUTION, MLServer, free_port
+from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer, free_port
 
-from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute
+from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute, Upstreams
 from mlserver_ipa.router import PipelineError, PipelineRouter, RouterClient, serve
+
+
+def _url(u: str) -> str:
+    """Table tests name replicas u0, u1, ...: a loopback URL per name, on a port that need not be listening."""
+    return u if u.startswith("http") else f"http://127.0.0.1:{9000 + sum(map(ord, u))}"
 
 
 def route(model: str = "resnet", **groups: tuple[float, list[tuple[str, str]]]) -> StageRoute:
     return StageRoute(model=model, groups=[
-        RouteGroup(variant=v, load_share=share, replicas=[ReplicaRoute(id=i, url=u) for i, u in reps])
+        RouteGroup(variant=v, load_share=share, replicas=[ReplicaRoute(id=i, url=_url(u)) for i, u in reps])
         for v, (share, reps) in groups.items()])
 
 
@@ -97,7 +102,7 @@ def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
 async def one_stage(stage_server: MLServer) -> AsyncIterator[tuple[PipelineRouter, str]]:
     router = PipelineRouter("pipe", ["classifier"])
     await router.update_stage("classifier", route(resnet18=(1.0, [("classifier-0", stage_server.http_url)])))
-    async with serve(router, port=0) as url:
+    async with serve(router, port=0, token=TEST_TOKEN) as url:
         yield router, url
 
 
@@ -132,11 +137,13 @@ async def test_v2_errors(one_stage: tuple[PipelineRouter, str]) -> None:
                                                                           "shape": [1, 3], "data": [1, 2, 3]}]})
         assert wrong.status_code == 400 and "classifier" in wrong.json()["error"]
         # The table over HTTP: a bad body is a 422 in the same error shape, an unknown stage a 404.
-        bad_put = await c.put("/router/stages/classifier", json={"model": "resnet", "groups": [{"load_share": -1}]})
+        auth = {"authorization": f"Bearer {TEST_TOKEN}"}
+        bad_put = await c.put("/router/stages/classifier", json={"model": "resnet", "groups": [{"load_share": -1}]},
+                              headers=auth)
         assert bad_put.status_code == 422 and "groups" in bad_put.json()["error"]
-        assert (await c.put("/router/stages/nope", json={"model": "m"})).status_code == 404
+        assert (await c.put("/router/stages/nope", json={"model": "m"}, headers=auth)).status_code == 404
         # A stage without replicas: not ready, and requests get 503 naming it.
-        await RouterClient(url).update_stage("classifier", StageRoute(model="resnet"))
+        await RouterClient(url, token=TEST_TOKEN).update_stage("classifier", StageRoute(model="resnet"))
         assert (await c.get("/v2/health/ready")).status_code == 503
         empty = await c.post("/v2/models/pipe/infer", json=image_request())
         assert empty.status_code == 503 and "classifier" in empty.json()["error"]
@@ -147,10 +154,10 @@ async def test_unreachable_replicas_are_retried_elsewhere(stage_server: MLServer
     router = PipelineRouter("pipe", ["classifier"])
     dead = f"http://127.0.0.1:{free_port()}"
     await router.update_stage("classifier", route(resnet18=(1.0, [("c-dead", dead), ("c-live", stage_server.http_url)])))
-    async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+    async with serve(router, port=0, token=TEST_TOKEN) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
         codes = [(await c.post("/v2/models/pipe/infer", json=image_request())).status_code for _ in range(6)]
         assert codes == [200] * 6
-        client = RouterClient(url)
+        client = RouterClient(url, token=TEST_TOKEN)
         await client.update_stage("classifier", route(resnet18=(1.0, [("c-dead", dead)])))
         failed = await c.post("/v2/models/pipe/infer", json=image_request())
         assert failed.status_code == 502 and "unreachable" in failed.json()["error"]
@@ -183,3 +190,64 @@ async def test_arrivals_are_counted_when_requests_come_in_not_when_they_are_answ
         assert router.registry.get_sample_value("ipa_router_requests_total", {"pipeline": "pipe", "code": "503"}) == 1
     finally:
         await router.aclose()
+
+
+# -- who may change the table, and what it may name ----------------------------------------------------------
+
+
+async def test_the_table_is_written_only_with_the_pipeline_token() -> None:
+    router = PipelineRouter("pipe", ["classifier"])
+    body = route(resnet18=(1.0, [("c-0", "u0")])).model_dump()
+    async with serve(router, port=0, token=TEST_TOKEN) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for headers in ({}, {"authorization": "Bearer forged"}, {"authorization": TEST_TOKEN}):
+            put = await c.put("/router/stages/classifier", json=body, headers=headers)
+            assert put.status_code == 401 and set(put.json()) == {"error"}, put.text
+        assert not router.table.routes  # nothing changed
+        assert (await c.get("/router")).status_code == 200  # reads stay open
+        ok = await c.put("/router/stages/classifier", json=body, headers={"authorization": f"Bearer {TEST_TOKEN}"})
+        assert ok.status_code == 200, ok.text
+    open_router = PipelineRouter("pipe", ["classifier"])
+    async with serve(open_router, port=0) as url, httpx.AsyncClient() as c:  # without a token: no writes
+        put = await c.put(f"{url}/router/stages/classifier", json=body, headers={"authorization": "Bearer x"})
+        assert put.status_code == 403 and "no token" in put.json()["error"]
+
+
+@pytest.mark.parametrize("replica, model, reason", [
+    ({"id": "c-0", "url": "http://203.0.113.7:8080"}, "resnet", "not one the router sends to"),
+    ({"id": "c-0", "url": "http://127.0.0.1:8080/admin?x="}, "resnet", "only scheme, host and port"),
+    ({"id": "c-0", "url": "http://user:pw@127.0.0.1:8080"}, "resnet", "no user"),
+    ({"id": "c-0", "url": "file:///etc/passwd"}, "resnet", "scheme"),
+    ({"id": "c-0", "url": "http://127.0.0.1"}, "resnet", "port"),
+    ({"id": "c-0", "url": "http://127.0.0.1:8080"}, "../../admin?x=", "model"),
+    ({"id": "../c", "url": "http://127.0.0.1:8080"}, "resnet", "id"),
+])
+async def test_a_route_naming_anything_but_a_replica_is_refused(replica: dict, model: str, reason: str) -> None:
+    router = PipelineRouter("pipe", ["classifier"])
+    body = {"model": model, "groups": [{"variant": "resnet18", "replicas": [replica]}]}
+    async with serve(router, port=0, token=TEST_TOKEN) as url, httpx.AsyncClient() as c:
+        put = await c.put(f"{url}/router/stages/classifier", json=body,
+                          headers={"authorization": f"Bearer {TEST_TOKEN}"})
+    assert put.status_code == 422 and reason in put.json()["error"], put.text
+    assert not router.table.routes
+
+
+async def test_only_replicas_the_cluster_started_can_be_routed_to() -> None:
+    started = {"127.0.0.1:9001"}
+    router = PipelineRouter("pipe", ["classifier"], upstreams=Upstreams(addresses=lambda: started))
+    try:
+        await router.update_stage("classifier", route(resnet18=(1.0, [("c-0", "http://127.0.0.1:9001")])))
+        with pytest.raises(ValueError, match="not a replica the cluster started"):
+            await router.update_stage("classifier", route(resnet18=(1.0, [("c-1", "http://127.0.0.1:9002")])))
+        assert [r.id for r in (await router.stage_status("classifier")).replicas] == ["c-0"]
+    finally:
+        await router.aclose()
+
+
+async def test_a_long_request_id_is_refused_by_the_router(one_stage: tuple[PipelineRouter, str]) -> None:
+    _, url = one_stage
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        resp = await c.post("/v2/models/pipe/infer", json={**image_request(), "id": "x" * 100_000})
+        assert resp.status_code == 400 and "id" in resp.json()["error"]  # it was a 502 from the replica's echo
+        for deadline in ("100", True, 1e300):
+            resp = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=deadline))
+            assert resp.status_code == 400 and "deadline_ms" in resp.json()["error"]

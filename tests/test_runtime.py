@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import SMALL_RESOLUTION, SMALL_VARIANTS, MLServer
+from conftest import AUTH, SMALL_RESOLUTION, SMALL_VARIANTS, MLServer
 
 from mlserver_ipa.client import ControlError, V2Client
+from mlserver_ipa.settings import MAX_THREADS
 
 MODEL = "resnet"
 R = SMALL_RESOLUTION
@@ -129,8 +130,15 @@ BAD_REQUESTS = {
     "non-finite deadline": (lambda: body(deadline_ms="NaN"), 400, "deadline_ms"),
     "fractional priority": (lambda: body(priority=1.5), 400, "priority"),
     "oversized request": (lambda: body(np.zeros((65, 3, R, R), np.float32)), 413, "at most 64 rows"),
-    "malformed JSON": (lambda: b'{"inputs": [{"name": "input",', 422, "JSON"),
-    "not a V2 request": (lambda: {"inputs": "everything"}, 422, "inputs"),
+    "malformed JSON": (lambda: b'{"inputs": [{"name": "input",', 400, "JSON"),
+    "not a V2 request": (lambda: {"inputs": "everything"}, 400, "inputs"),
+    "deadline as a string": (lambda: body(deadline_ms="100"), 400, "deadline_ms"),
+    "deadline as a bool": (lambda: body(deadline_ms=True), 400, "deadline_ms"),
+    "NaN in FP32 data": (lambda: {"inputs": [{"name": "input", "shape": [1, 3, R, R], "datatype": "FP32",
+                                              "data": ["NaN"] + [0.0] * (3 * R * R - 1)}]}, 400, "'input'"),
+    "FP32 out of range": (lambda: {"inputs": [{"name": "input", "shape": [1, 3, R, R], "datatype": "FP32",
+                                               "data": [0.0] * (3 * R * R - 1) + [1e39]}]}, 400, "finite"),
+    "long request id": (lambda: {**body(), "id": "x" * 100_000}, 400, "id has 100000 characters"),
 }
 
 
@@ -140,6 +148,7 @@ def test_bad_request_gets_a_clear_4xx(server: MLServer, case: str) -> None:
     response = post(server, make())
     assert response.status_code == status, response.text
     assert text.lower() in response.text.lower()
+    assert set(response.json()) == {"error"}  # the one V2 error shape
 
 
 def test_unknown_model_is_404(server: MLServer) -> None:
@@ -208,6 +217,13 @@ async def test_control_state_and_validation(server: MLServer) -> None:
             ({"max_batch_time_ms": -1}, 422, "max_batch_time_ms"),
             ({"on_late": "maybe"}, 422, "on_late"),
             ({"colour": "blue"}, 422, "colour"),
+            ({"threads": 1500}, 422, "threads"),  # made 1515 OS threads before it was bounded
+            ({"threads": MAX_THREADS + 1}, 422, "threads"),
+            ({"batch_size": 1_000_000_000}, 422, "batch_size"),  # was a 44.7 TiB allocation and a 500
+            ({"max_batch_time_ms": 1e300}, 422, "max_batch_time_ms"),
+            ({"queue_limit": 10**12}, 422, "queue_limit"),
+            ({"batch_size": "4"}, 422, "batch_size"),
+            ({"variant": "../resnet50"}, 422, "variant"),
         ]:
             with pytest.raises(ControlError) as e:
                 await client.control(MODEL, **bad)
@@ -217,9 +233,22 @@ async def test_control_state_and_validation(server: MLServer) -> None:
 
 def test_control_rejects_bodies_that_are_not_json_objects(server: MLServer) -> None:
     url = f"{server.http_url}/v2/models/{MODEL}/control"
-    for content in (b"{not json", b"[1, 2]"):
-        response = httpx.post(url, content=content, headers={"content-type": "application/json"})
-        assert response.status_code == 422 and "error" in response.json()
+    for content in (b"{not json", b"[1, 2]", b'{"max_batch_time_ms": Infinity}', b'{"threads": NaN}'):
+        response = httpx.post(url, content=content, headers={"content-type": "application/json", **AUTH})
+        assert response.status_code == 422 and set(response.json()) == {"error"}, response.text
+
+
+def test_control_changes_need_the_pipeline_token(server: MLServer) -> None:
+    url = f"{server.http_url}/v2/models/{MODEL}/control"
+    for headers in ({}, {"authorization": "Bearer not-the-token"}, {"authorization": "Basic abc"}):
+        response = httpx.post(url, json={"threads": 1}, headers=headers)
+        assert response.status_code == 401 and "token" in response.json()["error"], response.text
+    assert httpx.get(url).status_code == 200  # reading the state stays open
+    assert httpx.post(url, json={}, headers=AUTH).status_code == 200
+    # MLServer's own writes: unloading the model needs the token too
+    unload = httpx.post(f"{server.http_url}/v2/repository/models/{MODEL}/unload", json={})
+    assert unload.status_code == 401 and set(unload.json()) == {"error"}
+    assert httpx.get(f"{server.http_url}/v2/models/{MODEL}/ready").status_code == 200
 
 
 async def test_control_changes_batch_settings_in_place(server: MLServer) -> None:

@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 
 from adapter.errors import UsageError
+from mlserver_ipa.auth import TOKEN_FILE_ENV, bearer, write_token_file
 from mlserver_ipa.client import InferResult, V2Client, V2TransportError
 
 DEFAULT_MODELS = Path("build/models/resnet")
@@ -69,7 +70,8 @@ def _free_port() -> int:
 
 
 class DemoServer:
-    """`mlserver start` serving `repo` on free loopback ports, in its own process group."""
+    """The replica server (`python -m mlserver_ipa.server`) serving `repo` on free loopback ports, in its own
+    process group, with a token of its own for control changes (`self.token`)."""
 
     def __init__(self, repo: Path, run_dir: Path) -> None:
         self.http_port, self.grpc_port, self.metrics_port = _free_port(), _free_port(), _free_port()
@@ -84,11 +86,13 @@ class DemoServer:
             if child.name != "settings.json":
                 (run_dir / child.name).symlink_to(child.resolve(), target_is_directory=child.is_dir())
         self.log = run_dir / "mlserver.log"
+        token_file = run_dir.parent / "token"
+        self.token = write_token_file(token_file)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "mlserver"), "start", str(run_dir)],
+                [sys.executable, "-m", "mlserver_ipa.server", str(run_dir)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_FILE_ENV: str(token_file)},
             )
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -180,7 +184,8 @@ def _schedule(n: int, capacity: float, rng: random.Random) -> list[float]:
     return times
 
 
-async def _burst(url: str, model: str, shape: list[int], classes: list[DeadlineClass], n: int, capacity: float,
+async def _burst(url: str, token: str, model: str, shape: list[int], classes: list[DeadlineClass], n: int,
+                 capacity: float,
                  switch_to: str | None, seed: int) -> tuple[BurstLog, dict[str, Any] | None, int]:
     rng = random.Random(seed)
     times = _schedule(n, capacity, rng)
@@ -193,7 +198,7 @@ async def _burst(url: str, model: str, shape: list[int], classes: list[DeadlineC
     switch: dict[str, Any] | None = None
     failed_during_switch = 0
     switching = False
-    async with V2Client(url, max_connections=512, timeout=60) as client:
+    async with V2Client(url, max_connections=512, timeout=60, token=token) as client:
         start = time.perf_counter()
 
         async def one(at: float, cls: DeadlineClass) -> None:
@@ -297,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         server.wait_ready(model)
         meta = httpx.get(f"{server.url}/v2/models/{model}", timeout=10).json()
         shape = meta["inputs"][0]["shape"]
-        state = httpx.post(f"{server.url}/v2/models/{model}/control",
+        state = httpx.post(f"{server.url}/v2/models/{model}/control", headers=bearer(server.token),
                            json={"batch_size": args.batch_size, "max_batch_time_ms": 5}, timeout=120).json()
         t_batch = state["service_time_ms"][str(args.batch_size)]
         capacity = asyncio.run(_calibrate(server.url, model, shape, 2 * args.batch_size))
@@ -314,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sending {args.requests} requests: calm at 0.6x, a burst at 2x that capacity, calm again; "
               f"switching to {switch_to or '(no other variant)'} midway\n", flush=True)
         log, switch, failed_during_switch = asyncio.run(
-            _burst(server.url, model, shape, classes, args.requests, capacity, switch_to, args.seed))
+            _burst(server.url, server.token, model, shape, classes, args.requests, capacity, switch_to, args.seed))
         _print_table(classes)
         print()
         print("batch sizes seen: " + ", ".join(f"{b}: {n}" for b, n in sorted(log.batch_sizes.items())))

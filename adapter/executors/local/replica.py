@@ -1,10 +1,13 @@
-"""One replica of a stage on this machine: a real `mlserver start` process in its own CPU limit.
+"""One replica of a stage on this machine: a real `mlserver start` process (`python -m mlserver_ipa.server`:
+MLServer with the request limits and the token check) in its own CPU limit.
 
 A `ReplicaProcess` owns a folder (`settings.json`, `<model>/model-settings.json` for its variant and batch,
 the MLServer log), three free loopback ports, a process group, and a `CpuLimit`. It starts, waits until the
 server and its model are ready, changes its cores (the CPU limit and the runtime's threads) and its variant or
 batch in place through the runtime's control endpoint, and stops (SIGTERM to the group, SIGKILL if it
-lingers). It knows nothing of routing or draining: `LocalCluster` does those.
+lingers). It knows nothing of routing or draining: `LocalCluster` does those. Its control changes carry the
+pipeline's token (`$IPA_TOKEN_FILE` / `$IPA_TOKEN`, which the process inherits; without one, a token is made
+for the replica in its folder).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import httpx
 from adapter.errors import UsageError
 from adapter.executors.cgroups import CpuController, CpuLimit
 from adapter.spec import GraphSpec, StageSpec
+from mlserver_ipa.auth import TOKEN_FILE_ENV, bearer, load_token, write_token_file
 from mlserver_ipa.settings import threads_for
 
 RUNTIME = "mlserver_ipa.runtime.VariantRuntime"
 HOST = "127.0.0.1"
 LOG_FILE = "mlserver.log"
+TOKEN_FILE = "token"
 
 
 class ReplicaError(RuntimeError):
@@ -61,12 +66,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def mlserver_command() -> list[str]:
-    """`mlserver` of the running interpreter's environment."""
-    script = Path(sys.executable).parent / "mlserver"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from mlserver.cli.main import main; sys.exit(main())"]
+def replica_command(folder: Path) -> list[str]:
+    """The replica server of the running interpreter's environment, serving `folder`."""
+    return [sys.executable, "-m", "mlserver_ipa.server", str(folder)]
 
 
 def stage_template(spec: GraphSpec, stage: StageSpec, repository: Path | None) -> dict[str, Any]:
@@ -200,15 +202,19 @@ class ReplicaProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "MLSERVER_HTTP_PORT": str(self.http_port), "MLSERVER_GRPC_PORT": str(self.grpc_port),
                "MLSERVER_METRICS_PORT": str(self.metrics_port)}
+        token = load_token()
+        if token is None:  # no pipeline token: one for this replica alone
+            token = write_token_file(self.folder / TOKEN_FILE)
+            env[TOKEN_FILE_ENV] = str((self.folder / TOKEN_FILE).resolve())
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *mlserver_command(), "start", str(self.folder.resolve()), cwd=self.folder, env=env,
+                *replica_command(self.folder.resolve()), cwd=self.folder, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
         self.started_at = time.time()
         self.limit.attach(self.proc.pid)
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=10.0)
+        self._client = httpx.AsyncClient(base_url=self.url, timeout=10.0, headers=bearer(token))
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Return once the server and its model answer ready; raise `ReplicaError` if it exits or times out."""
