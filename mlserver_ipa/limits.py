@@ -242,15 +242,19 @@ def _error_shape(send: Send) -> Send:
             return
         raw = b"".join(chunks)
         status = int(start["status"])
-        try:
-            payload = json.loads(raw)
-        except ValueError:
+        headers = list(start.get("headers") or ())
+        encoding = dict((k.lower(), v) for k, v in headers).get(b"content-encoding", b"")
+        try:  # the app's own answer (MLServer gzips answers over 500 bytes)
+            text = zlib.decompress(raw, 16 + zlib.MAX_WBITS) if encoding == b"gzip" else raw
+            payload = json.loads(text)
+        except (ValueError, zlib.error):
             payload = None
         if isinstance(payload, dict) and "error" not in payload and "detail" in payload:
             if status == 422:
                 status = 400
             raw = json.dumps({"error": _detail_message(payload["detail"])}).encode()
-        headers = [(k, v) for k, v in start.get("headers") or () if k.lower() != b"content-length"]
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
         await send({**start, "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
