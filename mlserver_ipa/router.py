@@ -19,10 +19,8 @@ deadline allows (inference is idempotent). Errors come in the V2 shape `{"error"
 The table is changed in place: by the executor in the same process (`await router.update_stage(...)`), or over
 HTTP (`PUT /router/stages/<stage>` with a `StageRoute` body; `RouterClient` does it) when the router runs as
 its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`. That write needs the
-pipeline's token (`Authorization: Bearer <token>`, `mlserver_ipa.auth`: 401 without it, 403 on a router started
-without one); a route naming a replica the router may not send to is refused 422 (`route_table.Upstreams`).
-Reads (`GET /router`, `/metrics`, health) stay open. Every connection has the request limits
-(`mlserver_ipa.limits`, `mlserver_ipa.protocol`).
+pipeline's token (`mlserver_ipa.auth`: 401, or 403 without one); a route to a replica the router may not send to
+is 422 (`route_table.Upstreams`). Reads stay open; every connection has the request limits (`limits`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
 """
 
@@ -50,8 +48,7 @@ from mlserver_ipa.protocol import uvicorn_options
 from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
 from mlserver_ipa.settings import MAX_DEADLINE_MS
 
-ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+")]
-"""Routes of the router that change what it does."""
+ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+")]  # the routes that change what the router does
 MAX_REQUEST_ID_CHARS = 128
 
 CHAIN_OUTPUT, CHAIN_INPUT = "output", "input"
@@ -441,8 +438,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     try:
-        token = load_token()
-        limits = RequestLimits.from_env()
+        token, limits = load_token(), RequestLimits.from_env()
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: {e}\n")
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s])

@@ -292,7 +292,10 @@ async def test_unload_serves_what_is_queued_and_reload_serves_again(server: MLSe
     async with V2Client(server.http_url) as client:
         await client.control(MODEL, batch_size=1)
         queued = [asyncio.create_task(client.infer(MODEL, images(16))) for _ in range(4)]
-        while (await client.control(MODEL))["in_flight"] == 0:
+        while True:  # all four reached the runtime (served, serving or queued) before the unload
+            state = await client.control(MODEL)
+            if state["queue_length"] + (state["in_flight"] > 0) + sum(t.done() for t in queued) >= 4:
+                break
             await asyncio.sleep(0.002)
         await client.unload(MODEL)
         results = await asyncio.gather(*queued)
