@@ -13,8 +13,9 @@ decision), on whatever else the machine is doing (the load average is printed wi
 
 Exhaustive search enumerates every variant, batch, cores and replica count of every stage (no pruning, no
 lemma) where the space has at most --exhaustive-max combinations, and checks the default path's objective;
-"enumerated" does the same over every (variant, batch, cores) with the fewest replicas that carry the load
-(the reduction proved in docs/formulation.md), which reaches larger instances.
+"enumerated" does the same over every (variant, batch, cores) with only the replica counts whose latency
+(queueing included, `adapter.decision.stage_latency`) beats every smaller count's (the reduction proved in
+docs/formulation.md), which reaches larger instances.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from adapter.decision.model import Decision
 from adapter.decision.problem import Problem
 from adapter.decision.solvers import solve
 from adapter.decision.solvers.instances import random_problem
+from adapter.decision.stage_latency import stage_p99_ms
 
 SIZES = [(s, v) for s in (1, 2, 3, 5, 8, 10) for v in (2, 5, 10)] + [(5, 6)]
 
@@ -59,25 +61,28 @@ class Row:
 def exhaustive(problem: Problem, limit: int, every_count: bool = True) -> float | None | str:
     """The optimum by enumerating every combination (None: infeasible; "skip": more than `limit` of them).
 
-    `every_count`: every replica count from 1 to max_replicas; otherwise only the fewest that carry the load
-    (the reduction the solvers rely on, proved in docs/formulation.md and checked by the property tests).
+    `every_count`: every replica count from 1 to max_replicas; otherwise only the counts whose queueing-aware
+    latency beats every smaller count's (the reduction the solvers rely on, docs/formulation.md).
     """
     stages = []
     w = problem.weights
     load = problem.load_rps
     for t in problem.stages:
         col = t.columns
-        if every_count:
-            n = np.arange(1, t.max_replicas + 1, dtype=float)[None, :]
-        else:
-            n = np.maximum(1.0, np.ceil(problem.required_rps / col.throughput * (1 - 1e-9)))[:, None]
-        thr, p99, cores, batch = (c[:, None] for c in (col.throughput, col.p99, col.cores, col.batch))
+        n = np.arange(1, t.max_replicas + 1, dtype=float)[None, :]
+        thr, cores, batch = (c[:, None] for c in (col.throughput, col.cores, col.batch))
         ok = (n * thr >= problem.required_rps * (1 - 1e-9)) & (n <= t.max_replicas)
-        fill = (batch - 1) * n / load * 1000.0 if load > 0 else np.full(ok.shape, np.inf)
-        wait = np.where(batch <= 1, 0.0, np.minimum(t.max_batch_time_ms, fill))
+        latency = stage_p99_ms(load, n, batch, thr, col.p50[:, None], col.p99[:, None], t.max_batch_time_ms,
+                               col.queued[:, None])
+        ok &= np.isfinite(latency)
+        if not every_count:  # only the counts faster than every smaller one (the reduction the solvers use)
+            shown = np.where(ok, latency, np.inf)
+            before = np.minimum.accumulate(np.concatenate((np.full((len(shown), 1), np.inf), shown[:, :-1]), axis=1),
+                                           axis=1)
+            ok &= shown < before * (1 - 1e-12)
         acc = np.broadcast_to(col.accuracy[:, None] / 100.0, ok.shape)
         cost = w.beta * n * cores + w.delta * batch + w.energy * load * cores / thr
-        rows = [np.broadcast_to(a, ok.shape)[ok] for a in (p99 + wait, n * cores, acc, cost)]
+        rows = [np.broadcast_to(a, ok.shape)[ok] for a in (latency, n * cores, acc, cost)]
         if len(rows[0]) == 0:
             return None
         stages.append(rows)
@@ -217,7 +222,7 @@ def line(r: Row, no_cbc: bool) -> str:
 def summary(rows: list[Row]) -> str:
     by = {(r.stages, r.variants): r for r in rows}
     out = []
-    for (s, v), target in (((5, 6), 50.0), ((3, 5), 100.0), ((10, 10), 1000.0)):
+    for (s, v), target in (((5, 6), 50.0), ((3, 5), 100.0), ((10, 10), 200.0)):
         r = by[(s, v)]
         med, cpu = statistics.median(r.exact_ms), statistics.median(r.exact_cpu)
         out.append(

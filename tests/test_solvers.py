@@ -17,8 +17,15 @@ from adapter.decision.problem import Option, Problem, ProblemError, StageTable, 
 from adapter.decision.solvers import Restriction, solve
 from adapter.decision.solvers.instances import random_problem
 from adapter.decision.solvers.mip import map_status
+from adapter.decision.stage_latency import stage_p99_ms
 
 TOL = 1e-7
+
+
+def group_p99(table: StageTable, o: Option, count: int, load: float) -> float:
+    """The stage p99 of `count` replicas of `o` at `load`, straight from the queueing model."""
+    return float(stage_p99_ms(load, count, o.batch, o.throughput_rps, o.median_ms, o.p99_ms,
+                              table.max_batch_time_ms, o.queued))
 
 
 def check_constraints(problem: Problem, d: Decision) -> None:
@@ -35,13 +42,7 @@ def check_constraints(problem: Problem, d: Decision) -> None:
             assert o is not None, f"{g} is not in the table of {table.name}"
             load = g.load_share * problem.load_rps
             assert g.count * o.throughput_rps >= load * (1 + problem.headroom) * (1 - 1e-9)
-            if g.batch == 1:
-                wait = 0.0
-            elif load <= 0:
-                wait = table.max_batch_time_ms
-            else:
-                wait = min(table.max_batch_time_ms, (g.batch - 1) * g.count / load * 1000)
-            stage_latency = max(stage_latency, o.p99_ms + wait)
+            stage_latency = max(stage_latency, group_p99(table, o, g.count, load))
             cores += g.count * g.cores
         assert math.isclose(s.latency_ms, stage_latency, rel_tol=1e-9, abs_tol=1e-9)
         latency += stage_latency
@@ -61,15 +62,12 @@ def brute_force(problem: Problem) -> float | None:
             for n in range(1, table.max_replicas + 1):
                 if n * o.throughput_rps < problem.load_rps * (1 + problem.headroom) * (1 - 1e-9):
                     continue
-                if o.batch == 1:
-                    wait = 0.0
-                elif problem.load_rps <= 0:
-                    wait = table.max_batch_time_ms
-                else:
-                    wait = min(table.max_batch_time_ms, (o.batch - 1) * n / problem.load_rps * 1000)
+                latency = group_p99(table, o, n, problem.load_rps)
+                if not math.isfinite(latency):
+                    continue
                 busy = problem.load_rps * o.cores / o.throughput_rps
                 cost = w.beta * n * o.cores + w.delta * o.batch + w.energy * busy
-                rows.append((o.p99_ms + wait, n * o.cores, o.accuracy / 100, cost))
+                rows.append((latency, n * o.cores, o.accuracy / 100, cost))
         if not rows:
             return None
         per_stage.append(np.array(rows))
@@ -157,27 +155,56 @@ def one_stage(options: list[Option], load: float, **kw: object) -> Problem:
 
 
 def test_split_serves_the_accurate_variant_first() -> None:
-    big = Option("big", 80.0, 1, 1.0, 50.0, 10.0)
-    small = Option("small", 70.0, 1, 1.0, 20.0, 40.0)
-    p = one_stage([big, small], 25.0, slo_ms=100.0, budget_cores=2.0, weights=Weights(1.0, 0.001, 0.0, 0.0))
+    big = Option("big", 80.0, 1, 1.0, 50.0, 20.0)
+    small = Option("small", 70.0, 1, 0.5, 20.0, 40.0)
+    p = one_stage([big, small], 25.0, slo_ms=300.0, budget_cores=1.5, weights=Weights(1.0, 0.001, 0.0, 0.0))
     d = solve(p, [Restriction(max_variants=2)])
     assert d.status == "optimal"
     groups = {g.variant: g for g in d.stages[0].replicas}
+    # big at 70 % of its 20 rps queues past 300 ms; at half of it the p99 fits: it takes 10 rps, small the rest
+    assert group_p99(p.stages[0], big, 1, 14.0) > 300 > group_p99(p.stages[0], big, 1, 10.0)
     assert groups["big"].count == 1 and math.isclose(groups["big"].load_share, 10 / 25)
     assert groups["small"].count == 1 and math.isclose(groups["small"].load_share, 15 / 25)
     assert math.isclose(d.stages[0].accuracy, (10 * 80 + 15 * 70) / 25)
-    assert math.isclose(d.objective.value, (10 * 0.80 + 15 * 0.70) / 25 - 0.001 * 2)
+    assert math.isclose(d.objective.value, (10 * 0.80 + 15 * 0.70) / 25 - 0.001 * 1.5)
 
 
-def test_batch_wait_counts_against_the_slo() -> None:
-    b1 = Option("v", 75.0, 1, 1.0, 40.0, 15.0)  # 20 rps need 2 replicas, 40 ms
-    b8 = Option("v", 75.0, 8, 1.0, 60.0, 130.0)  # 1 replica, 60 ms + min(10 ms, 7·1/20 s) of batch fill
-    p = one_stage([b1, b8], 20.0, slo_ms=100.0, budget_cores=8.0, weights=Weights(1.0, 0.1, 0.0, 0.0))
-    d = solve(p)
-    assert d.stages[0].replicas[0].batch == 8 and math.isclose(d.stages[0].latency_ms, 70.0)
+def test_batch_fill_and_queueing_count_against_the_slo() -> None:
+    b1 = Option("v", 75.0, 1, 1.0, 40.0, 15.0, 30.0)  # 20 rps need 2 replicas, which queue near saturation
+    b8 = Option("v", 75.0, 8, 1.0, 60.0, 130.0, 50.0)  # 1 replica, + up to 10 ms of batch fill
+    p = one_stage([b1, b8], 20.0, slo_ms=1000.0, budget_cores=8.0, weights=Weights(1.0, 0.1, 0.0, 0.0))
+    table = p.stages[0]
+    one_b8 = group_p99(table, b8, 1, 20.0)
+    assert one_b8 > 60.0 + 10.0  # service p99 + the fill, and the queue on top
+    d = solve(p.with_changes(slo_ms=one_b8 * (1 + 1e-6)))
+    assert (d.stages[0].replicas[0].batch, d.stages[0].replicas[0].count) == (8, 1)
+    assert math.isclose(d.stages[0].latency_ms, one_b8)
     check_constraints(p, d)
-    tight = solve(p.with_changes(slo_ms=65.0))  # 60 ms of p99 alone would fit; with the wait it does not
-    assert tight.stages[0].replicas[0].batch == 1 and tight.stages[0].replicas[0].count == 2
+    tight = solve(p.with_changes(slo_ms=one_b8 * 0.999))  # b8's service p99 and fill alone fit; the queue does not
+    g = tight.stages[0].replicas[0]
+    assert tight.status == "optimal" and (g.batch, g.count) != (8, 1)
+    assert tight.stages[0].latency_ms <= one_b8 * 0.999
+
+
+def test_more_replicas_than_the_fewest_when_the_queue_needs_them() -> None:
+    o = Option("v", 75.0, 1, 1.0, 40.0, 30.0, 35.0)  # 50 rps: 2 replicas carry it at 83 % and queue
+    p = one_stage([o], 50.0, slo_ms=1000.0, budget_cores=8.0, weights=Weights(1.0, 0.01, 0.0, 0.0))
+    table = p.stages[0]
+    two, three = group_p99(table, o, 2, 50.0), group_p99(table, o, 3, 50.0)
+    assert two > three
+    d = solve(p.with_changes(slo_ms=(two + three) / 2))
+    assert d.status == "optimal" and d.stages[0].replicas[0].count == 3
+    assert solve(p.with_changes(slo_ms=two * 1.01)).stages[0].replicas[0].count == 2
+
+
+def test_a_profile_with_queueing_in_its_latency_is_not_charged_twice() -> None:
+    plain = Option("v", 75.0, 1, 1.0, 400.0, 20.0, 300.0)
+    queued = Option("v", 75.0, 1, 1.0, 400.0, 20.0, 300.0, queued=True)  # p99 measured at 20 rps offered
+    for o, charged in ((plain, True), (queued, False)):
+        p = one_stage([o], 19.0, slo_ms=450.0, budget_cores=2.0)
+        latency = solve(p).stages[0].latency_ms if charged is False else group_p99(p.stages[0], o, 1, 19.0)
+        assert (latency > 450.0) is charged
+        assert (latency == 400.0) is not charged
 
 
 def test_infeasible_slo_gives_a_degraded_decision_with_the_reason() -> None:

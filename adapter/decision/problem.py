@@ -6,8 +6,9 @@ capacity headroom, the network time and each stage's replica bound and batch-fil
 files: `Catalog` builds problems from a spec and its profiles (any object with `point(variant, batch, cores)`),
 memoising profile look-ups so that a policy run every second does not re-interpolate the profile.
 
-The two load-dependent quantities of the formulation (docs/formulation.md) live here, in one place:
-`replicas_needed` (the fewest replicas whose capacity covers the load) and `wait_ms` (the batch-fill wait).
+The load-dependent quantities of the formulation (docs/formulation.md) live here, in one place:
+`replicas_needed` (the fewest replicas whose capacity covers the load) and `latency_ms` (the p99 of a request's
+time at a stage group at its load: service, batch fill and queueing, `adapter.decision.stage_latency`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from adapter.decision.stage_latency import stage_p99_ms
 from adapter.errors import SpecError, UsageError
+from adapter.profiling.profile import includes_queueing
 from adapter.spec import GraphSpec, StageSpec
 
 AccuracyMode = Literal["product", "mean"]
@@ -46,6 +49,9 @@ class LatencyPoint(Protocol):
     @property
     def throughput_rps(self) -> float: ...
 
+    # Read when there: `p50_ms` (the service-time spread the queueing model uses; without it the service
+    # time is taken as constant) and `machine` (whether the latency already includes queueing).
+
 
 class StageProfile(Protocol):
     """A stage's profile: measured points, or interpolated ones; `adapter.profiling.profile.Profile` is one."""
@@ -63,6 +69,12 @@ class Option:
     cores: float  # cores per replica
     p99_ms: float  # profiled p99 latency of one batch
     throughput_rps: float  # requests per second one replica sustains
+    p50_ms: float | None = None  # profiled median latency of one batch (None: as p99, no spread)
+    queued: bool = False  # the p99 already includes queueing at `throughput_rps` (InfAdapter's capacities)
+
+    @property
+    def median_ms(self) -> float:
+        return self.p99_ms if self.p50_ms is None else min(self.p50_ms, self.p99_ms)
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class OptionColumns:
     batch: np.ndarray
     accuracy: np.ndarray  # percent
     variant: np.ndarray  # names (object array)
+    p50: np.ndarray
+    queued: np.ndarray  # bool
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,8 @@ class StageTable:
             batch=np.array([o.batch for o in self.options], dtype=float),
             accuracy=np.array([o.accuracy for o in self.options], dtype=float),
             variant=np.array([o.variant for o in self.options], dtype=object),
+            p50=np.array([o.median_ms for o in self.options], dtype=float),
+            queued=np.array([o.queued for o in self.options], dtype=bool),
         )
 
     @cached_property
@@ -105,7 +121,7 @@ class StageTable:
                 np.isfinite(c.accuracy).all()
                 and ((c.accuracy > 0) & (c.accuracy <= 100)).all()
                 and (c.batch >= 1).all()
-                and all(np.isfinite(x).all() and (x > 0).all() for x in (c.cores, c.p99, c.throughput))
+                and all(np.isfinite(x).all() and (x > 0).all() for x in (c.cores, c.p99, c.throughput, c.p50))
                 and len({(o.variant, o.accuracy) for o in self.options})
                 == len({o.variant for o in self.options})
             )
@@ -120,8 +136,10 @@ class StageTable:
                 return f"{at}.accuracy", f"variant {o.variant!r} has two accuracies"
             if o.batch < 1:
                 return f"{at}.batch", f"must be >= 1 (got {o.batch})"
-            for name in ("cores", "p99_ms", "throughput_rps"):
+            for name in ("cores", "p99_ms", "throughput_rps", "p50_ms"):
                 x = getattr(o, name)
+                if x is None and name == "p50_ms":
+                    continue
                 if not (_finite(x) and x > 0):
                     return f"{at}.{name}", f"must be > 0 (got {x})"
         return None
@@ -181,14 +199,16 @@ class Problem:
         need = (self.load_rps if load_rps is None else load_rps) * (1.0 + self.headroom)
         return max(1, math.ceil(need / option.throughput_rps * (1.0 - TOLERANCE)))
 
-    def wait_ms(self, stage: StageTable, batch: int, count: int, load_rps: float | None = None) -> float:
-        """w = min(max_batch_time, (b − 1)·n/λ): time to fill a batch when λ is spread over n replicas."""
-        if batch <= 1:
-            return 0.0
+    def latency_ms(self, stage: StageTable, option: Option, count: int, load_rps: float | None = None) -> float:
+        """p99 of a request's time at `count` replicas of `option` receiving `load_rps` (default: all the load):
+        service, batch fill and queueing (`adapter.decision.stage_latency.stage_p99_ms`); inf at or past saturation."""
         load = self.load_rps if load_rps is None else load_rps
-        if load <= 0:
-            return stage.max_batch_time_ms
-        return min(stage.max_batch_time_ms, (batch - 1) * count / load * 1000.0)
+        return float(
+            stage_p99_ms(
+                load, count, option.batch, option.throughput_rps, option.median_ms, option.p99_ms,
+                stage.max_batch_time_ms, option.queued,
+            )
+        )
 
     def with_changes(self, **changes: object) -> Problem:
         """A copy with some fields replaced (validated again)."""
@@ -266,8 +286,11 @@ class Catalog:
                     f"stage {stage.name} variant {variant} batch {batch} cores {cores:g}",
                     str(e),
                 ) from None
+            p50 = getattr(point, "p50_ms", None)
             found = Option(
-                variant, accuracy, batch, float(cores), float(point.p99_ms), float(point.throughput_rps)
+                variant, accuracy, batch, float(cores), float(point.p99_ms), float(point.throughput_rps),
+                p50_ms=None if p50 is None else float(p50),
+                queued=includes_queueing(str(getattr(point, "machine", ""))),
             )
             self._points[key] = found
         return found

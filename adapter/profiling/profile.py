@@ -8,7 +8,8 @@ A profile is a CSV file (DESIGN.md §3), one row per measured point:
   (batch formation, the batch's compute, codecs and HTTP), as `adapter.profiling.profiler` measures it.
 - `throughput_rps`: the highest throughput the replica sustains at that point (closed loop at saturation).
 - `samples`: requests behind the latency figures; `machine`: where and how it was measured
-  (`python-2c:cgroup-v1`, or `infadapter-paper:tf-serving` for imported published numbers).
+  (`python-2c:cgroup-v1`, or `infadapter-paper:tf-serving:queued-at-sla` for imported published numbers; a
+  value ending in `:queued-at-sla` says the latency already includes queueing at `throughput_rps`).
 
 A profile describes a *set of variants*, not a stage: it is matched to a stage by variant name, so one ResNet
 profile serves both the single-stage ResNet graph and the classifier stage of the video pipeline. The `stage`
@@ -48,6 +49,15 @@ COLUMNS: tuple[str, ...] = (
     "machine",
 )
 MODEL_FIT = "model-fit"
+QUEUED_MARK = ":queued-at-sla"
+"""The tail of a `machine` value saying that the row's latency already includes queueing at the throughput it
+gives (measured as the largest load whose p99 met an SLA, as InfAdapter did): the optimizer does not charge
+queueing on top of it (`adapter.decision.stage_latency`)."""
+
+
+def includes_queueing(machine: str) -> bool:
+    """Whether a profile row's origin says its latency already includes queueing at its throughput."""
+    return machine.endswith(QUEUED_MARK)
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class ProfilePoint:
 
     @property
     def measured(self) -> bool:
-        return self.machine != MODEL_FIT
+        return not self.machine.startswith(MODEL_FIT)
 
 
 def _core_key(cores: float) -> float:
@@ -258,7 +268,8 @@ class Profile:
             mean_ms=f.mean.model(batch, cores),
             throughput_rps=f.throughput(batch, cores),
             samples=0,
-            machine=MODEL_FIT,
+            # a fit through points that include queueing includes it too
+            machine=MODEL_FIT + (QUEUED_MARK if all(includes_queueing(p.machine) for p in self.rows(variant)) else ""),
         )
 
     def machines(self) -> list[str]:

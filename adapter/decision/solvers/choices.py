@@ -1,14 +1,16 @@
 """The choice problem every solver sees: per stage a table of candidate configurations, pick one each.
 
 A configuration is everything a stage could be told to do (one or several replica groups, each with its variant,
-batch, cores, replica count and load share) together with what it implies: its p99 with the batch-fill wait,
-its cores, its load-weighted accuracy and batch, its busy cores (energy) and its capacity. A policy is a
-`Restriction` per stage of what may be chosen; `candidates` turns a problem and a restriction into the table,
-as numpy columns so that solvers never loop over configurations in Python.
+batch, cores, replica count and load share) together with what it implies: its p99 at the load (service, batch
+fill and queueing, `adapter.decision.stage_latency`), its cores, its load-weighted accuracy and batch, its busy cores (energy)
+and its capacity. A policy is a `Restriction` per stage of what may be chosen; `candidates` turns a problem and
+a restriction into the table, as numpy columns so that solvers never loop over configurations in Python.
 
-Why the table needs only the fewest replicas for each (variant, batch, cores): more replicas than needed cost
-cores and lengthen the batch-fill wait `(b − 1)·n/λ` while changing neither accuracy nor batch nor busy cores,
-so a configuration with more replicas is never better (docs/formulation.md, "Replicas").
+Which replica counts the table needs for each (variant, batch, cores): from the fewest that carry the load up to
+the stage's bound, but only those whose latency is below that of every smaller count. More replicas cost cores
+and change neither accuracy nor batch nor busy cores; they shorten the queue and lengthen the batch fill, so a
+count whose latency is no better than a smaller count's is dominated (docs/formulation.md, "Replicas"). The
+latency is precomputed per row, so the solvers stay linear and exact over the table.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from adapter.decision.problem import (
     Weights,
 )
 from adapter.decision.solvers.pareto import nondominated
+from adapter.decision.stage_latency import stage_p99_ms
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Config:
     """A configuration of one stage and its consequences."""
 
     groups: tuple[Group, ...]
-    latency_ms: float  # p99 of the stage: the slowest loaded group's profiled p99 plus its batch-fill wait
+    latency_ms: float  # p99 of the stage: the slowest loaded group's p99 at its load (service, fill, queueing)
     cores: float  # total cores
     accuracy: float  # load-weighted accuracy, as a fraction
     batch: float  # load-weighted batch size
@@ -102,16 +105,15 @@ FREE = Restriction()
 
 # Bound on the partial splits `_with_splits` enumerates (two variants never get near it: options × replicas).
 MAX_SPLIT_PREFIXES = 50_000
+# Shares of its capacity a full group of a split runs at (docs/formulation.md, "InfAdapter's split").
+SPLIT_FILLS = (0.5, 0.7, 0.85, 1.0)
 
 
 def evaluate(problem: Problem, stage: StageTable, groups: Sequence[Group]) -> Config:
     """What a stage configuration implies at the problem's load (groups with no load still cost cores)."""
     capacity = sum(g.count * g.option.throughput_rps for g in groups)
     served = [g for g in groups if g.load_rps > 0 and g.count > 0] or [g for g in groups if g.count > 0]
-    latency = max(
-        (g.option.p99_ms + problem.wait_ms(stage, g.option.batch, g.count, g.load_rps) for g in served),
-        default=0.0,
-    )
+    latency = max((problem.latency_ms(stage, g.option, g.count, g.load_rps) for g in served), default=0.0)
     total = sum(g.load_rps for g in served)
     weight = (
         [g.load_rps / total for g in served]
@@ -182,34 +184,52 @@ class StageChoices:
 
 
 def candidates(problem: Problem, index: int, restriction: Restriction = FREE) -> StageChoices:
-    """Every configuration of stage `index` the restriction allows that sustains the load within bounds."""
+    """Every configuration of stage `index` the restriction allows that sustains the load within bounds.
+
+    One row per allowed option and replica count, for the counts from the fewest that carry the load up to
+    `max_replicas` whose latency is below every smaller count's (the others are dominated, module docstring).
+    """
     stage = problem.stages[index]
     col = stage.columns
     load, need = problem.load_rps, problem.required_rps
     rows = np.nonzero(restriction.mask(stage))[0]
     thr = col.throughput[rows]
+    fewest = np.maximum(1.0, np.ceil(need / thr * (1.0 - TOLERANCE)))
     if restriction.replicas is None:
-        counts = np.maximum(1.0, np.ceil(need / thr * (1.0 - TOLERANCE)))
+        counts = np.arange(1, stage.max_replicas + 1, dtype=float)[None, :]
     else:
-        counts = np.full(len(rows), float(restriction.replicas))
-    ok = (counts <= stage.max_replicas) & (counts * thr >= need * (1.0 - TOLERANCE))
-    rows, counts, thr = rows[ok], counts[ok], thr[ok]
-    batch, cores = col.batch[rows], col.cores[rows]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fill = (batch - 1) * counts / load * 1000.0 if load > 0 else np.full(len(rows), np.inf)
-    wait = np.where(batch <= 1, 0.0, np.minimum(stage.max_batch_time_ms, fill))
+        counts = np.array([[float(restriction.replicas)]])
+    ok = (counts >= fewest[:, None]) & (counts <= stage.max_replicas) & (
+        counts * thr[:, None] >= need * (1.0 - TOLERANCE)
+    )
+    counts = np.broadcast_to(counts, ok.shape)
+    latency = np.where(
+        ok,
+        stage_p99_ms(
+            load, counts, col.batch[rows, None], thr[:, None], col.p50[rows, None], col.p99[rows, None],
+            stage.max_batch_time_ms, col.queued[rows, None],
+        ),
+        np.inf,
+    )
+    # keep a count only when it is faster than every smaller one (latency strictly below their minimum)
+    before = np.minimum.accumulate(np.concatenate((np.full((len(rows), 1), np.inf), latency[:, :-1]), axis=1),
+                                   axis=1)
+    keep = ok & np.isfinite(latency) & (latency < before * (1.0 - 1e-12))
+    ri, ci = np.nonzero(keep)
+    rows_k, counts_k = rows[ri], counts[ri, ci]
+    thr_k = col.throughput[rows_k]
     table = StageChoices(
         stage,
         stage.options,
         (),
-        rows,
-        counts,
+        rows_k,
+        counts_k,
         load,
-        col.p99[rows] + wait,
-        counts * cores,
-        col.accuracy[rows] / 100.0,
-        batch,
-        load * cores / thr,
+        latency[ri, ci],
+        counts_k * col.cores[rows_k],
+        col.accuracy[rows_k] / 100.0,
+        col.batch[rows_k],
+        load * col.cores[rows_k] / thr_k,
     )
     if restriction.max_variants > 1 and load > 0:
         allowed = [stage.options[i] for i in np.nonzero(restriction.mask(stage))[0]]
@@ -220,36 +240,58 @@ def candidates(problem: Problem, index: int, restriction: Restriction = FREE) ->
 def _with_splits(problem: Problem, base: StageChoices, opts: list[Option], k: int) -> StageChoices:
     """Add the configurations that split the load over 2..k variants, the most accurate variant served first.
 
-    For a given set of groups the accuracy-first split is the best one for accuracy, so every group but the least
-    accurate is full and the least accurate one gets the fewest replicas that carry the rest; a group that would
-    carry nothing is left out (the same configuration without it is cheaper). Only those shapes are enumerated,
-    and of them only the ones no other configuration of the stage dominates are kept.
+    For a given set of groups the accuracy-first split is the best one for accuracy: every group but the least
+    accurate carries as much as it may and the least accurate one the rest, on the fewest replicas that carry it
+    or one more (a shorter queue). How much "as much as it may" is depends on the latency it may take once
+    queueing counts, so a full group runs at one of `SPLIT_FILLS` of its capacity (a profile whose latency
+    already includes queueing at its throughput can run at 1); a group that would carry nothing is left out (the
+    same configuration without it is cheaper). Only those shapes are enumerated, and of them only the ones no
+    other configuration of the stage dominates are kept.
     """
-    stage, load, need, per = base.stage, problem.load_rps, problem.required_rps, 1.0 + problem.headroom
+    stage, load, per = base.stage, problem.load_rps, 1.0 + problem.headroom
     if not opts:
         return base
     rank = {a: i for i, a in enumerate(sorted({o.accuracy for o in opts}, reverse=True))}
     o_rank = np.array([rank[o.accuracy] for o in opts])
     o_thr = np.array([o.throughput_rps for o in opts])
     o_p99 = np.array([o.p99_ms for o in opts])
+    o_p50 = np.array([o.median_ms for o in opts])
+    o_queued = np.array([o.queued for o in opts], dtype=bool)
     o_cores = np.array([o.cores for o in opts])
     o_batch = np.array([o.batch for o in opts], dtype=float)
     o_acc = np.array([o.accuracy for o in opts]) / 100.0
+    # the latency of every group a prefix may hold: option × fill × replicas, at once
+    fills = np.array(SPLIT_FILLS)
+    r = np.arange(1, stage.max_replicas + 1, dtype=float)
+    g_load = r[None, None, :] * o_thr[:, None, None] * fills[None, :, None] / per
+    g_lat = stage_p99_ms(
+        g_load, r[None, None, :], o_batch[:, None, None], o_thr[:, None, None], o_p50[:, None, None],
+        o_p99[:, None, None], stage.max_batch_time_ms, o_queued[:, None, None],
+    )
+    g_lat = np.where(o_queued[:, None, None] & (fills[None, :, None] < 1.0), np.inf, g_lat)
+    latency_of: dict[int, float] = {}  # id(group) → latency, for the prefixes' groups
     # prefixes: tuples of full groups, most accurate first, that leave some load for one more group
     prefixes: list[tuple[Group, ...]] = [()]
     rows: list[list[tuple[Group, ...]]] = []
     for _ in range(k - 1):
         grown: list[tuple[Group, ...]] = []
         for groups in prefixes:
-            covered = sum(g.count * g.option.throughput_rps for g in groups)
+            taken = sum(g.load_rps for g in groups)
             used = sum(g.count for g in groups)
             last_rank = rank[groups[-1].option.accuracy] if groups else -1
-            for o in opts:
+            for j, o in enumerate(opts):
                 if rank[o.accuracy] <= last_rank:
                     continue
-                n_last = max(1, math.ceil((need - covered) / o.throughput_rps * (1.0 - TOLERANCE)))
-                for n in range(1, min(n_last, stage.max_replicas - used)):
-                    grown.append((*groups, Group(o, n, n * o.throughput_rps / per)))
+                for f in range(len(SPLIT_FILLS)):
+                    for n in range(1, stage.max_replicas - used):
+                        carried = float(g_load[j, f, n - 1])
+                        if taken + carried >= load * (1.0 - TOLERANCE):
+                            break
+                        latency = float(g_lat[j, f, n - 1])
+                        if math.isfinite(latency):
+                            group = Group(o, n, carried)
+                            latency_of[id(group)] = latency
+                            grown.append((*groups, group))
             if len(grown) > MAX_SPLIT_PREFIXES:
                 raise ProblemError(
                     "max_variants",
@@ -261,35 +303,40 @@ def _with_splits(problem: Problem, base: StageChoices, opts: list[Option], k: in
     every_prefix = [p for level in rows for p in level]
     if not every_prefix:
         return base
-    # the last group, for every prefix × option at once
-    p_covered = np.array([sum(g.count * g.option.throughput_rps for g in p) for p in every_prefix])
+    # the last group, for every prefix × option × (fewest replicas, one more) at once
     p_used = np.array([sum(g.count for g in p) for p in every_prefix], dtype=float)
     shared = np.array([sum(g.load_rps for g in p) for p in every_prefix])
     p_rank = np.array([rank[p[-1].option.accuracy] for p in every_prefix])
-    p_lat = np.array(
-        [
-            max(g.option.p99_ms + problem.wait_ms(stage, g.option.batch, g.count, g.load_rps) for g in p)
-            for p in every_prefix
-        ]
-    )
+    p_lat = np.array([max(latency_of[id(g)] for g in p) for p in every_prefix])
     p_cores = np.array([sum(g.count * g.option.cores for g in p) for p in every_prefix])
     p_acc = np.array([sum(g.load_rps * g.option.accuracy for g in p) / 100.0 for p in every_prefix])
     p_batch = np.array([sum(g.load_rps * g.option.batch for g in p) for p in every_prefix])
     p_energy = np.array(
         [sum(g.load_rps * g.option.cores / g.option.throughput_rps for g in p) for p in every_prefix]
     )
-    n_last = np.maximum(1, np.ceil((need - p_covered)[:, None] / o_thr[None, :] * (1.0 - TOLERANCE)))
-    share = (load - shared)[:, None]
-    ok = (o_rank[None, :] > p_rank[:, None]) & (p_used[:, None] + n_last <= stage.max_replicas) & (share > 0)
-    fill = (o_batch[None, :] - 1) * n_last / np.where(share > 0, share, 1.0) * 1000.0
-    wait = np.where(o_batch[None, :] <= 1, 0.0, np.minimum(stage.max_batch_time_ms, fill))
-    lat = np.maximum(p_lat[:, None], o_p99[None, :] + wait)
-    cores = p_cores[:, None] + n_last * o_cores[None, :]
-    acc = (p_acc[:, None] + share * o_acc[None, :]) / load
-    batch = (p_batch[:, None] + share * o_batch[None, :]) / load
-    energy = p_energy[:, None] + share * o_cores[None, :] / o_thr[None, :]
-    pi, oi = np.nonzero(ok)
-    lat, cores, acc, batch, energy = (a[pi, oi] for a in (lat, cores, acc, batch, energy))
+    share2 = (load - shared)[:, None]
+    fewest = np.maximum(1, np.ceil(share2 * per / o_thr[None, :] * (1.0 - TOLERANCE)))
+    n_last = np.stack((fewest, fewest + 1), axis=2)  # P × O × 2
+    share = share2[:, :, None]
+    ok = (
+        (o_rank[None, :, None] > p_rank[:, None, None])
+        & (p_used[:, None, None] + n_last <= stage.max_replicas)
+        & (share > 0)
+    )
+    last_lat = stage_p99_ms(
+        np.where(share > 0, share, 0.0), n_last, o_batch[None, :, None], o_thr[None, :, None],
+        o_p50[None, :, None], o_p99[None, :, None], stage.max_batch_time_ms, o_queued[None, :, None],
+    )
+    lat = np.maximum(p_lat[:, None, None], last_lat)
+    ok &= np.isfinite(lat)
+    cores = p_cores[:, None, None] + n_last * o_cores[None, :, None]
+    acc = (p_acc[:, None, None] + share * o_acc[None, :, None]) / load
+    batch = (p_batch[:, None, None] + share * o_batch[None, :, None]) / load
+    energy = p_energy[:, None, None] + share * (o_cores / o_thr)[None, :, None]
+    pi, oi, ei = np.nonzero(ok)
+    lat, cores, acc, batch, energy = (
+        np.broadcast_to(a, ok.shape)[pi, oi, ei] for a in (lat, cores, acc, batch, energy)
+    )
     all_lat = np.concatenate((base.latency, lat))
     all_cores = np.concatenate((base.cores, cores))
     all_acc = np.concatenate((base.accuracy, acc))
@@ -298,11 +345,10 @@ def _with_splits(problem: Problem, base: StageChoices, opts: list[Option], k: in
     w = problem.weights
     cost = w.beta * all_cores + w.delta * all_batch + w.energy * all_energy
     keep = np.sort(nondominated(np.column_stack((all_lat, all_cores, -all_acc, cost))))
+    chosen = keep[keep >= len(base)] - len(base)
     splits = tuple(
-        (*every_prefix[p], Group(opts[o], int(n_last[p, o]), float(share[p, 0])))
-        for p, o in zip(
-            pi[keep[keep >= len(base)] - len(base)], oi[keep[keep >= len(base)] - len(base)], strict=True
-        )
+        (*every_prefix[p], Group(opts[o], int(n_last[p, o, e]), float(share2[p, 0])))
+        for p, o, e in zip(pi[chosen], oi[chosen], ei[chosen], strict=True)
     )
     singles = keep[keep < len(base)]
     source = np.concatenate((base.source[singles], len(base.singles) + np.arange(len(splits))))

@@ -46,7 +46,9 @@ def random_problem(
                 for c in cores:
                     mean = _latency(base, b, c) * rng.uniform(0.95, 1.05)
                     p99 = mean * rng.uniform(1.1, 1.3)
-                    options.append(Option(f"v{v}", acc, b, c, round(p99, 3), round(b / mean * 1000.0, 3)))
+                    options.append(
+                        Option(f"v{v}", acc, b, c, round(p99, 3), round(b / mean * 1000.0, 3), round(mean, 3))
+                    )
         mbt = rng.choice((10.0, 25.0, 50.0, 100.0))
         tables.append(StageTable(f"s{s}", tuple(options), max_replicas, mbt))
         mid = bases[len(bases) // 2]
