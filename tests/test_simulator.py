@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from adapter.control.monitor import Observation
-from adapter.decision.stage_latency import stage_p99_ms
 from adapter.decision.model import Decision, ObjectiveTerms, ReplicaGroup, StageDecision
+from adapter.decision.stage_latency import stage_p99_ms
 from adapter.profiling.profile import Profile, load_graph_profiles
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable
 from adapter.sim.metrics import compact
