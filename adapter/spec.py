@@ -34,7 +34,7 @@ class VariantSpec(_Strict):
 
     name: str = Field(min_length=1)
     accuracy: float = Field(gt=0, le=100, description="model-card accuracy in percent")
-    model: str | None = Field(None, description="path to the variant's ONNX file; None for a demo family")
+    model: str | None = Field(None, description="path to the variant's ONNX file or Hugging Face checkpoint folder; None for a demo family")
 
 
 class StaticConfig(_Strict):
@@ -50,7 +50,7 @@ class StageSpec(_Strict):
     """One stage of the pipeline and the choices the optimizer has for it."""
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    family: str | None = Field(None, description="demo family built by `ipa models build` (resnet, yolo)")
+    family: str | None = Field(None, description="demo family built by `ipa models build` (resnet, yolo, s2t, squad2-qa, sentiment, lang-id, opus-mt, distilbart-xsum)")
     variants: list[VariantSpec] = Field(min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     cores: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0], min_length=1)

@@ -1,4 +1,5 @@
-"""`VariantRuntime`: the MLServer runtime that serves one stage replica from a family of ONNX variants.
+"""`VariantRuntime`: the MLServer runtime that serves one stage replica from a family of variants: ONNX files
+(onnxruntime) or Hugging Face checkpoint folders of text and speech models (PyTorch, `transformers_session`).
 
 What it adds to a plain onnxruntime runtime:
 
@@ -10,7 +11,11 @@ What it adds to a plain onnxruntime runtime:
   so keep `max_batch_size` unset in `model-settings.json`;
 - in-place control at `/v2/models/<model>/control` (GET: state; POST: a `ControlRequest`): switch variant,
   threads, batch size, batch window, queue limit and late policy; sessions are swapped atomically (`session`);
-- Prometheus metrics on MLServer's metrics endpoint (`metrics`).
+- Prometheus metrics on MLServer's metrics endpoint (`metrics`);
+- text stages take and answer V2 `BYTES` tensors (`text`), speech stages FP32 waveforms at 16 kHz (`audio`);
+  a request's string parameters are echoed in the response, so a pipeline carries them to later stages (a QA
+  stage's `question`; Seldon's executor forwards response parameters), and a text input the request lacks is
+  taken from the parameter of its name.
 
 MLServer re-imports this module each time it reads a model's `implementation`, so nothing lives at module level
 here except the class; state, metrics and errors live in the modules it imports.
@@ -48,7 +53,7 @@ from mlserver_ipa.errors import (
 )
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
-from mlserver_ipa.session import SessionHolder, VariantSession
+from mlserver_ipa.session import Session, SessionHolder
 from mlserver_ipa.settings import (
     ControlRequest,
     ControlState,
@@ -172,10 +177,12 @@ class VariantRuntime(MLModel):
         if payload.id is not None and len(payload.id) > self.config.max_request_id_chars:
             raise InvalidInput(f"id has {len(payload.id)} characters; at most {self.config.max_request_id_chars}")
         slo = _parse_slo(payload.parameters)
+        passed = _string_parameters(payload.parameters)
         session = self._sessions.active
         feeds, rows = decode_inputs(
-            payload.inputs, session.inputs, self.config.max_request_rows, self.config.chain_input
+            payload.inputs, session.inputs, self.config.max_request_rows, self.config.chain_input, passed
         )
+        session.check(feeds)
         outputs = requested_outputs(payload.outputs, session.outputs)
         deadline_ms = slo.deadline_ms if slo.deadline_ms is not None else self.config.default_deadline_ms
         priority = slo.priority if slo.priority is not None else self.config.default_priority
@@ -185,7 +192,8 @@ class VariantRuntime(MLModel):
         self._batcher.submit(pending, deadline=deadline, priority=priority, rows=rows)
         self._metrics.queue(len(self._queue))
         served = await pending.future
-        params = {
+        params: dict[str, object] = {
+            **passed,
             "priority": priority,
             "variant": served.variant,
             "batch_size": served.batch_rows,
@@ -214,8 +222,8 @@ class VariantRuntime(MLModel):
         session = self._sessions.active  # a swap after this line only affects the next batch
         dispatched = self._clock()
         groups: dict[tuple, list[Entry[Pending]]] = defaultdict(list)
-        for e in live:  # requests whose dynamic non-batch dimensions differ cannot share one call
-            groups[tuple(a.shape[1:] for a in e.item.feeds.values())].append(e)
+        for e in live:  # e.g. ONNX requests whose dynamic non-batch dimensions differ cannot share one call
+            groups[session.batch_key(e.item.feeds)].append(e)
         self._executing = live
         try:
             for group in groups.values():
@@ -223,16 +231,11 @@ class VariantRuntime(MLModel):
         finally:
             self._executing = []
 
-    async def _run_group(self, session: VariantSession, group: list[Entry[Pending]], dispatched: float) -> None:
+    async def _run_group(self, session: Session, group: list[Entry[Pending]], dispatched: float) -> None:
         rows = sum(e.rows for e in group)
-        feeds = {
-            s.name: group[0].item.feeds[s.name] if len(group) == 1
-            else np.concatenate([e.item.feeds[s.name] for e in group])
-            for s in session.inputs
-        }
         t0 = self._clock()
         try:
-            outputs = await session.run(feeds)
+            outputs = await session.run_requests([e.item.feeds for e in group])
         except Exception as e:  # the checks in `tensors` should make this unreachable; answer, do not crash
             for entry in group:
                 if not entry.item.future.done():
@@ -331,12 +334,12 @@ class VariantRuntime(MLModel):
             self._metrics.configured(variant, threads, batch_size)
             return self.state()
 
-    async def _build(self, variant: str, threads: int, batch_size: int) -> VariantSession:
+    async def _build(self, variant: str, threads: int, batch_size: int) -> Session:
         spec = self.config.variant(variant)
         assert spec is not None
         path = Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
 
-        def compatible(session: VariantSession) -> None:
+        def compatible(session: Session) -> None:
             if self._signature is not None and session.signature() != self._signature:
                 raise InvalidControl(
                     f"variant {variant} has inputs and outputs {session.signature()}, the model serves "
@@ -345,7 +348,7 @@ class VariantRuntime(MLModel):
 
         try:
             session, measured = await self._sessions.switch(
-                variant, path, threads, warmup_rows=(1, batch_size), check=compatible
+                variant, path, threads, warmup_rows=(1, batch_size), check=compatible, limits=self.config.limits
             )
         except InvalidControl:
             raise
@@ -355,7 +358,7 @@ class VariantRuntime(MLModel):
             self._times.seed(session.config, rows, seconds)
         return session
 
-    def _describe(self, session: VariantSession) -> None:
+    def _describe(self, session: Session) -> None:
         """Model metadata (`GET /v2/models/<model>`) from the active session's signature."""
         self.inputs = [MetadataTensor(name=s.name, datatype=s.datatype, shape=[d or -1 for d in s.shape])
                        for s in session.inputs]
@@ -378,6 +381,18 @@ def _parse_slo(parameters: Parameters | None) -> RequestSLO:
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+OWN_PARAMETERS = {"deadline_ms", "priority", "variant", "batch_size", "batch_id", "queue_ms", "service_ms",
+                  "content_type", "headers"}
+
+
+def _string_parameters(parameters: Parameters | None) -> dict[str, str]:
+    """The request's string parameters other than the runtime's own: echoed, and text inputs by name."""
+    if parameters is None:
+        return {}
+    data = parameters.model_dump(exclude_none=True)
+    return {k: v for k, v in data.items() if isinstance(v, str) and k not in OWN_PARAMETERS}
 
 
 def _parse_control(body: bytes) -> ControlRequest:

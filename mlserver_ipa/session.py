@@ -1,6 +1,8 @@
-"""onnxruntime sessions of the variants: built beside the active one, warmed up, then swapped in one step.
+"""Sessions of the variants: built beside the active one, warmed up, then swapped in one step.
 
-A `VariantSession` is one variant loaded with a given number of intra-op threads. `SessionHolder.switch`
+A `VariantSession` is one ONNX variant loaded in onnxruntime with a given number of intra-op threads; a variant
+whose `uri` is a Hugging Face checkpoint folder opens as a `transformers_session.TransformersSession` instead
+(`open_session`), with the same interface. `SessionHolder.switch`
 builds the next session in a worker thread while the current one keeps serving, measures it on zeros (so the
 batcher knows its service times before the first real batch), and only then replaces the reference the
 batcher reads at each dispatch. A batch already running keeps the session it started with; no request waits
@@ -12,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
+
+from mlserver_ipa.settings import SequenceLimits
+from mlserver_ipa.tasks import is_model_folder
 
 # onnxruntime type strings -> numpy dtypes and V2 datatypes.
 _ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
@@ -37,7 +43,8 @@ _ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
 
 
 V2_DATATYPES: dict[np.dtype, str] = {dtype: datatype for dtype, datatype in _ORT_TYPES.values()}
-"""numpy dtype -> V2 datatype, for the types onnxruntime returns."""
+V2_DATATYPES[np.dtype(object)] = "BYTES"
+"""numpy dtype -> V2 datatype, for the types onnxruntime returns (and text, as object arrays of str)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,14 @@ class TensorSpec:
     def signature(self) -> tuple[str, str, tuple[int | None, ...]]:
         """What must match for requests queued for one variant to be served by another."""
         return (self.name, self.datatype, self.shape[1:])
+
+
+def spec_of(name: str, datatype: str, shape: tuple[int, ...]) -> TensorSpec:
+    """A TensorSpec from a V2 datatype and a shape with -1 for dynamic dimensions."""
+    dtype = next((d for d, t in V2_DATATYPES.items() if t == datatype), None)
+    if dtype is None:
+        raise ValueError(f"{name}: unsupported datatype {datatype}")
+    return TensorSpec(name, dtype, datatype, tuple(d if d > 0 else None for d in shape))
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -104,6 +119,19 @@ class VariantSession:
         """Inputs and outputs as requests see them: variants with equal signatures can serve each other's queue."""
         return (tuple(s.signature() for s in self.inputs), tuple(s.signature() for s in self.outputs))
 
+    def batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple:
+        """Requests whose dynamic non-batch dimensions differ cannot share one call."""
+        return tuple(a.shape[1:] for a in feeds.values())
+
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Nothing beyond the signature (`tensors` checks it)."""
+
+    async def run_requests(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Run requests of one `batch_key` as one call; outputs are their rows in order."""
+        if len(requests) == 1:
+            return await self.run(requests[0])
+        return await self.run({s.name: np.concatenate([r[s.name] for r in requests]) for s in self.inputs})
+
     def run_sync(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, dict(feeds)), strict=True))
@@ -127,15 +155,46 @@ class VariantSession:
         return best
 
 
+class Session(Protocol):
+    """What the runtime needs of a loaded variant (`VariantSession`, `TransformersSession`)."""
+
+    variant: str
+    threads: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    @property
+    def config(self) -> tuple[str, int]: ...
+
+    def signature(self) -> tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]: ...
+
+    def batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple: ...
+
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None: ...
+
+    async def run_requests(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]: ...
+
+    def measure(self, rows: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float: ...
+
+
+def open_session(variant: str, path: Path, threads: int, limits: SequenceLimits) -> Session:
+    """The session for `path`: a Hugging Face checkpoint folder in PyTorch, otherwise an ONNX file."""
+    if is_model_folder(path):
+        from mlserver_ipa.transformers_session import TransformersSession  # torch: only where needed
+
+        return TransformersSession(variant, path, threads, limits)
+    return VariantSession(variant, path, threads)
+
+
 class SessionHolder:
     """Holds the active `VariantSession`; `switch` builds and warms the next one beside it, then swaps."""
 
     def __init__(self) -> None:
-        self._active: VariantSession | None = None
+        self._active: Session | None = None
         self._lock = asyncio.Lock()
 
     @property
-    def active(self) -> VariantSession:
+    def active(self) -> Session:
         if self._active is None:
             raise LookupError("no session loaded yet")
         return self._active
@@ -150,12 +209,13 @@ class SessionHolder:
         path: Path,
         threads: int,
         warmup_rows: tuple[int, ...] = (1,),
-        check: Callable[[VariantSession], None] | None = None,
-    ) -> tuple[VariantSession, dict[int, float]]:
+        check: Callable[[Session], None] | None = None,
+        limits: SequenceLimits | None = None,
+    ) -> tuple[Session, dict[int, float]]:
         """Build `variant` with `threads`, let `check` veto it (by raising), measure it at `warmup_rows`, make
         it active; return it and the measured seconds per rows. On any error the old session stays active."""
         async with self._lock:
-            new = await asyncio.to_thread(VariantSession, variant, path, threads)
+            new = await asyncio.to_thread(open_session, variant, path, threads, limits or SequenceLimits())
             if check is not None:
                 check(new)
             measured = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,7 +48,8 @@ class VariantSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     """Name used in the control endpoint, response parameters and metric labels."""
     uri: str = Field(min_length=1)
-    """ONNX file; relative paths are relative to the folder of `model-settings.json`."""
+    """ONNX file, or a Hugging Face checkpoint folder (`save_pretrained` layout: config.json, weights, tokenizer;
+    served in PyTorch, see `tasks`); relative paths are relative to the folder of `model-settings.json`."""
     accuracy: float | None = None
     """Model-card accuracy in percent; reported, never used by the runtime itself."""
 
@@ -83,8 +85,16 @@ class RuntimeSettings(BaseModel):
     """Longest V2 request `id`; longer ones get HTTP 400 (MLServer echoes the id into a response header)."""
     chain_input: str | None = "output"
     """The tensor a previous pipeline stage passes on. Seldon's executor forwards a stage's outputs to the next
-    stage under their own names, so when the model's single input is absent and this one is present, it is taken
-    as that input and the upstream stage's other outputs are ignored. None turns chaining off."""
+    stage under their own names, so when the model's first input is absent and this one is present, it is taken
+    as that input and the upstream stage's other outputs are ignored (those named like the model's other inputs
+    are kept). None turns chaining off."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Text and speech stages that generate (summarisation, translation, speech recognition): most tokens
+    generated per row, greedy (one beam). The model folder's generation config may ask for fewer."""
+    max_input_tokens: int = Field(default=512, ge=8)
+    """Text stages: rows are truncated to this many tokens (and to the model's positions)."""
+    max_audio_s: float = Field(default=30.0, gt=0)
+    """Speech stages: longest utterance accepted, in seconds (longer ones get HTTP 400: split them)."""
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
     """Weight of the newest measurement in the service-time average per (variant, threads, batch)."""
     service_time_deviations: float = Field(default=2.0, ge=0)
@@ -105,6 +115,19 @@ class RuntimeSettings(BaseModel):
 
     def variant(self, name: str) -> VariantSpec | None:
         return next((v for v in self.variants if v.name == name), None)
+
+    @property
+    def limits(self) -> SequenceLimits:
+        return SequenceLimits(self.max_new_tokens, self.max_input_tokens, self.max_audio_s)
+
+
+@dataclass(frozen=True)
+class SequenceLimits:
+    """The bounds of a text or speech stage's work per row (see the fields of `RuntimeSettings`)."""
+
+    max_new_tokens: int = 64
+    max_input_tokens: int = 512
+    max_audio_s: float = 30.0
 
 
 class ControlRequest(BaseModel):

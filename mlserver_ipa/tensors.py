@@ -16,6 +16,7 @@ from mlserver.types import RequestInput, RequestOutput, ResponseOutput
 
 from mlserver_ipa.errors import InvalidInput, RequestTooLarge
 from mlserver_ipa.session import V2_DATATYPES, TensorSpec
+from mlserver_ipa.text import decode_text, encode_text
 
 
 def describe(spec: TensorSpec) -> str:
@@ -25,11 +26,15 @@ def describe(spec: TensorSpec) -> str:
 
 
 def decode_inputs(
-    inputs: Sequence[RequestInput], specs: Sequence[TensorSpec], max_rows: int, chain_input: str | None = None
+    inputs: Sequence[RequestInput], specs: Sequence[TensorSpec], max_rows: int, chain_input: str | None = None,
+    text_parameters: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The feeds for onnxruntime and the number of rows (first dimension) the request carries.
+    """The feeds for the session and the number of rows (first dimension) the request carries.
 
-    `chain_input` names the tensor an upstream pipeline stage passes on (see `RuntimeSettings.chain_input`).
+    `chain_input` names the tensor an upstream pipeline stage passes on (see `RuntimeSettings.chain_input`); it
+    feeds the model's first input when that one is absent. A text (`BYTES`) input other than the first that the
+    request does not carry is taken from `text_parameters` (the request's string parameters) when it is there,
+    the same text for every row: a pipeline's later stage gets it so (a QA stage's `question`).
     """
     takes = "; the model takes " + ", ".join(describe(s) for s in specs)
     given: dict[str, RequestInput] = {}
@@ -37,8 +42,14 @@ def decode_inputs(
         if tensor.name in given:
             raise InvalidInput(f"input {tensor.name!r} is given twice")
         given[tensor.name] = tensor
-    if chain_input and len(specs) == 1 and specs[0].name not in given and chain_input in given:
-        given = {specs[0].name: given[chain_input]}
+    if chain_input and specs[0].name not in given and chain_input in given:
+        chained = given[chain_input]
+        given = {name: t for name, t in given.items() if name in {s.name for s in specs[1:]}}
+        given[specs[0].name] = chained
+    from_parameters = {
+        s.name: text_parameters[s.name] for s in specs[1:]
+        if s.datatype == "BYTES" and s.name not in given and text_parameters and s.name in text_parameters
+    }
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
         raise InvalidInput(f"unknown input {', '.join(map(repr, unknown))}{takes}")
@@ -46,6 +57,8 @@ def decode_inputs(
     rows: int | None = None
     for spec in specs:
         tensor = given.get(spec.name)
+        if tensor is None and spec.name in from_parameters:
+            continue
         if tensor is None:
             raise InvalidInput(f"missing input {spec.name!r}{takes}")
         datatype = getattr(tensor.datatype, "value", tensor.datatype)
@@ -69,11 +82,15 @@ def decode_inputs(
         rows = shape[0]
         feeds[spec.name] = _to_array(tensor, spec, shape)
     assert rows is not None  # a model has at least one input
+    for name, text in from_parameters.items():
+        feeds[name] = decode_text(f"parameters.{name}", [text] * rows, [rows])
     return feeds, rows
 
 
 def _to_array(tensor: RequestInput, spec: TensorSpec, shape: list[int]) -> np.ndarray:
     data = getattr(tensor.data, "root", tensor.data)
+    if spec.datatype == "BYTES":
+        return decode_text(spec.name, data, shape)
     try:
         if isinstance(data, bytes):  # raw contents (gRPC)
             array = np.frombuffer(data, dtype=spec.dtype)
@@ -111,7 +128,7 @@ def encode_outputs(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> li
             name=name,
             datatype=V2_DATATYPES[arrays[name].dtype],
             shape=list(arrays[name].shape),
-            data=arrays[name].ravel().tolist(),
+            data=encode_text(arrays[name]) if arrays[name].dtype == object else arrays[name].ravel().tolist(),
         )
         for name in names
     ]

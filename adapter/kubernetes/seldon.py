@@ -30,6 +30,7 @@ from adapter.decision.model import Decision
 from adapter.kubernetes.rules import validate_seldon_deployment
 from adapter.spec import GraphSpec, StageSpec
 from mlserver_ipa.settings import threads_for
+from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES
 
 __all__ = [
     "ANNOTATION_PLAN", "API_VERSION", "ComponentPlan", "GROUP", "LABEL_GRAPH", "LABEL_PREDICTOR", "LABEL_STAGE",
@@ -246,18 +247,21 @@ class RenderOptions:
     """The runtime image (manifests/Dockerfile.runtime)."""
     namespace: str = "default"
     models_dir: str = "/opt/ipa/models"
-    """Where the image keeps the variants: demo families at `<dir>/<family>/<variant>.onnx` (what
-    `ipa models build --family F --out <dir>` writes), your own ONNX files at `<dir>/<stage>/<file name>`."""
+    """Where the image keeps the variants: demo families at `<dir>/<family>/<variant>.onnx`, or the folder
+    `<dir>/<family>/<variant>/` for the transformers families (what `ipa models build --family F --out <dir>`
+    writes), your own ONNX files or checkpoint folders at `<dir>/<stage>/<name>`."""
     memory: str = "2Gi"
     """Memory request = limit of every runtime container (all variants of a stage are loaded at once)."""
 
 
 def variant_uri(stage: StageSpec, variant: str, models_dir: str) -> str:
-    """Where the runtime image finds a variant's ONNX file."""
+    """Where the runtime image finds a variant's ONNX file or checkpoint folder."""
     v = stage.variant(variant)
     root = models_dir.rstrip("/")
     if v.model is None:
         family = stage.family or stage.name
+        if family in TRANSFORMERS_FAMILIES:
+            return f"{root}/{family}/{v.name}"
         return f"{root}/{family}/{v.name}.onnx"
     if v.model.startswith("/") or "://" in v.model:
         return v.model

@@ -1,6 +1,7 @@
 """The demo variant families: which variants each has, their model-card accuracies, and their tensors.
 
-Other parts look a family up here (`FAMILIES["resnet"]`): inference-graph specs take accuracies and tensor
+Other parts look a family up in `mlserver_ipa.zoo.FAMILIES` (these ONNX ones and the `transformers` ones of
+`transformers_families`): inference-graph specs take accuracies and tensor
 shapes from it, the profiler and the model repository builder take the variants and how to build them. The
 accuracies are the published model cards' (DESIGN.md §5); the weights are random (see graph.py), so only
 the latency of these models is real.
@@ -40,22 +41,13 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class Family:
+class ModelFamily:
     """A family of variants serving one task with the same tensors, smallest (fastest) variant first."""
 
     name: str
     task: str
     metric: str
     variants: tuple[Variant, ...]
-    default_resolution: int
-    resolution_step: int
-    """Input sides must be a positive multiple of this (the network's total stride where it matters)."""
-    default_crop: int | None
-    """Side of the image the family passes on as `output` to the next stage; None if it passes none."""
-    builder: Callable[[str, int, int | None, int], onnx.ModelProto]
-    """(variant, resolution, crop, seed) -> the ONNX graph."""
-    output_specs: Callable[[int, int | None], tuple[TensorSpec, ...]]
-    """(resolution, crop) -> the output tensors."""
 
     @property
     def variant_names(self) -> tuple[str, ...]:
@@ -66,6 +58,21 @@ class Family:
             if v.name == variant:
                 return v.accuracy
         raise KeyError(f"{variant!r} is not a {self.name} variant; known: {', '.join(self.variant_names)}")
+
+
+@dataclass(frozen=True)
+class Family(ModelFamily):
+    """An ONNX family built node by node (`graph`): image input of a chosen resolution."""
+
+    default_resolution: int
+    resolution_step: int
+    """Input sides must be a positive multiple of this (the network's total stride where it matters)."""
+    default_crop: int | None
+    """Side of the image the family passes on as `output` to the next stage; None if it passes none."""
+    builder: Callable[[str, int, int | None, int], onnx.ModelProto]
+    """(variant, resolution, crop, seed) -> the ONNX graph."""
+    output_specs: Callable[[int, int | None], tuple[TensorSpec, ...]]
+    """(resolution, crop) -> the output tensors."""
 
     def inputs(self, resolution: int | None = None) -> tuple[TensorSpec, ...]:
         r = resolution or self.default_resolution
@@ -108,7 +115,7 @@ def _yolo_outputs(resolution: int, crop: int | None) -> tuple[TensorSpec, ...]:
     )
 
 
-FAMILIES: dict[str, Family] = {
+ONNX_FAMILIES: dict[str, Family] = {
     "resnet": Family(
         name="resnet",
         task="image classification",

@@ -1,12 +1,15 @@
 """Writes a demo family as a ready MLServer model repository: `mlserver start OUT` serves it as it is.
 
+For the ONNX families (resnet, yolo):
+
     OUT/settings.json                      server settings (ports are overridden by MLSERVER_HTTP_PORT etc.)
     OUT/<model>/model-settings.json        VariantRuntime, the variants with their accuracies, the active one
     OUT/<model>/<variant>.onnx             one file per variant
     OUT/<model>/build.json                 what each file was built from, so unchanged ones are kept
 
 Building is deterministic: the same arguments give the same bytes. A variant whose file exists and was built
-from the same parameters (family, resolution, crop, and the builder's own source) is kept, not rebuilt.
+from the same parameters (family, resolution, crop, and the builder's own source) is kept, not rebuilt. The `transformers` families (s2t, squad2-qa, sentiment, lang-id, opus-mt,
+distilbart-xsum) are written as Hugging Face checkpoint folders instead (`hf_build`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlserver_ipa.zoo import graph, resnet, yolo
-from mlserver_ipa.zoo.families import FAMILIES, Family
+from mlserver_ipa.zoo.families import ONNX_FAMILIES, Family, ModelFamily
+from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES
 from mlserver_ipa.zoo.verify import verify_model
 
 RUNTIME = "mlserver_ipa.runtime.VariantRuntime"
@@ -56,14 +60,20 @@ def build_repository(
     model_name: str | None = None,
     *,
     crop: int | None = None,
+    tiny: bool = False,
     progress: Callable[[BuiltVariant], None] | None = None,
 ) -> Path:
     """Write (or bring up to date) the model repository `out` serving `variants` of `family`; return `out`.
 
     `variants` defaults to the whole family, `resolution` to the family's default, `model_name` to the family
     name, `crop` (the yolo family's `output` image side) to 64. `progress` is called once per variant as it
-    is done. Raises BuildArgumentError for arguments that do not fit the family.
+    is done. `tiny` (transformers families only) builds each architecture shrunk to a few layers of width 32.
+    Raises BuildArgumentError for arguments that do not fit the family.
     """
+    if family in TRANSFORMERS_FAMILIES:
+        return _build_transformers(family, out, variants, resolution, model_name, crop, tiny, progress)
+    if tiny:
+        raise BuildArgumentError(f"the {family} family has no tiny configuration (only the transformers families)")
     fam = _family(family)
     names = _variants(fam, variants)
     r = _resolution(fam, resolution)
@@ -113,16 +123,40 @@ def model_settings(fam: Family, model_name: str, variants: Sequence[str], resolu
     }
 
 
+def _build_transformers(
+    family: str, out: Path, variants: Sequence[str] | None, resolution: int | None, model_name: str | None,
+    crop: int | None, tiny: bool, progress: Callable[[BuiltVariant], None] | None,
+) -> Path:
+    from mlserver_ipa.zoo.hf_build import build_transformers_repository
+
+    fam = TRANSFORMERS_FAMILIES[family]
+    if resolution is not None or crop is not None:
+        raise BuildArgumentError(f"the {family} family takes text or speech: no resolution or crop")
+    names = _variants(fam, variants)
+    model = model_name or fam.name
+    if not MODEL_NAME.match(model):
+        raise BuildArgumentError(f"model name {model!r}: use letters, digits, '_', '.', '-'")
+
+    def report(name: str, path: Path, size: int, rebuilt: bool, seconds: float) -> None:
+        if progress is not None:
+            progress(BuiltVariant(name, path, size, rebuilt, seconds))
+
+    build_transformers_repository(fam, Path(out), names, model, tiny=tiny, progress=report)
+    _write_atomic(Path(out) / "settings.json", _json(SERVER_SETTINGS))
+    return Path(out)
+
+
 # -- arguments -----------------------------------------------------------------------------------------
 
 
 def _family(family: str) -> Family:
-    if family not in FAMILIES:
-        raise BuildArgumentError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    return FAMILIES[family]
+    if family not in ONNX_FAMILIES:
+        known = ", ".join([*ONNX_FAMILIES, *TRANSFORMERS_FAMILIES])
+        raise BuildArgumentError(f"unknown family {family!r}; known: {known}")
+    return ONNX_FAMILIES[family]
 
 
-def _variants(fam: Family, variants: Sequence[str] | None) -> list[str]:
+def _variants(fam: ModelFamily, variants: Sequence[str] | None) -> list[str]:
     """The requested variants in the family's order (smallest first), without repeats."""
     if variants is None:
         return list(fam.variant_names)
