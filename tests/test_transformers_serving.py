@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import MLServer
+from conftest import AUTH, MLServer
 
 from adapter.kubernetes.seldon import ReplicaConfig, runtime_settings
 from adapter.spec import load_spec
@@ -145,13 +145,13 @@ def test_bad_text_and_audio_get_a_clear_400(server: MLServer, model: str, body: 
 
 def test_a_text_variant_is_switched_in_place(server: MLServer) -> None:
     control = f"{server.http_url}/v2/models/sentiment/control"
-    state = httpx.post(control, json={"variant": "distilbert-sst2", "batch_size": 4}, timeout=60)
+    state = httpx.post(control, json={"variant": "distilbert-sst2", "batch_size": 4}, headers=AUTH, timeout=60)
     assert state.status_code == 200, state.text
     assert state.json()["variant"] == "distilbert-sst2" and state.json()["switches"] == 1
     resp = httpx.post(f"{server.http_url}/v2/models/sentiment/infer", json=text_request("Fine."), timeout=30)
     assert resp.json()["parameters"]["variant"] == "distilbert-sst2"
     assert set(outputs(resp.json())["label"]["data"]) <= {"NEGATIVE", "POSITIVE"}
-    httpx.post(control, json={"variant": "roberta-sentiment"}, timeout=60).raise_for_status()
+    httpx.post(control, json={"variant": "roberta-sentiment"}, headers=AUTH, timeout=60).raise_for_status()
 
 
 async def test_speech_is_chained_into_question_answering_by_the_router(server: MLServer) -> None:
