@@ -18,6 +18,8 @@ from conftest import AUTH, MLServer
 
 from adapter.kubernetes.seldon import ReplicaConfig, runtime_settings
 from adapter.spec import load_spec
+from adapter.workloads.inputs import inputs_for, payload, speech_clips
+from adapter.workloads.loadgen import LoadPlan, run_load
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 from mlserver_ipa.router import PipelineRouter, serve
 from mlserver_ipa.zoo import TRANSFORMERS_FAMILIES, build_repository
@@ -159,7 +161,9 @@ async def test_speech_is_chained_into_question_answering_by_the_router(server: M
     for stage, model, variant in (("audio", "s2t", "s2t-small"), ("nlp-qa", "squad2-qa", "xlm-roberta-base-squad2")):
         await router.update_stage(stage, StageRoute(model=model, groups=[RouteGroup(
             variant=variant, replicas=[ReplicaRoute(id=f"{stage}-0", url=server.http_url)])]))
-    body = {**speech_request(), "parameters": {"question": "What is said?", "deadline_ms": 20000}}
+    clip = speech_clips()[0]  # espeak-ng speaking a sentence, shipped
+    spoken = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, clip.size], "data": clip.tolist()}]}
+    body = {**spoken, "parameters": {"question": "Where does the train leave from?", "deadline_ms": 20000}}
     async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
         resp = await c.post("/v2/models/audio-qa/infer", json=body)
         assert resp.status_code == 200, resp.text
@@ -175,3 +179,24 @@ def test_the_seldon_rendering_points_at_the_checkpoint_folders() -> None:
     extra = runtime_settings(spec.stages[0], ReplicaConfig("s2t-small", 1, 1.0, 50.0), "/opt/ipa/models")
     assert [v["uri"] for v in extra["variants"]] == [
         "/opt/ipa/models/s2t/s2t-small", "/opt/ipa/models/s2t/s2t-medium", "/opt/ipa/models/s2t/s2t-large"]
+
+
+async def test_the_load_generator_sends_real_sentences_and_questions(server: MLServer) -> None:
+    plan = LoadPlan(np.array([0.0, 0.02, 0.04, 0.06]), 1.0, None, None)
+    records = await run_load(server.http_url, "squad2-qa", plan, payload=payload("sentences", question=True))
+    assert [r.status for r in records] == [200] * 4 and {r.variant for r in records} == {"xlm-roberta-base-squad2"}
+    speech = await run_load(server.http_url, "s2t", LoadPlan(np.array([0.0]), 1.0, None, None),
+                            payload=payload("speech"))
+    assert speech[0].status == 200
+
+
+def test_each_pipeline_gets_the_inputs_its_first_stage_takes() -> None:
+    kinds = {g: inputs_for(load_spec(ROOT / "inference_graphs" / f"{g}.yaml"))
+             for g in ("audio-qa", "audio-sent", "sum-qa", "nlp", "resnet")}
+    assert kinds == {"audio-qa": ("speech", True), "audio-sent": ("speech", False), "sum-qa": ("documents", True),
+                     "nlp": ("french", False), "resnet": ("image", False)}
+    clips = speech_clips()
+    assert len(clips) == 6 and all(2.0 < c.size / 16000 < 8.0 and 0.05 < np.abs(c).max() <= 1.0 for c in clips)
+    body = json.loads(payload("documents", question=True).body({"deadline_ms": 5.0}, 1))
+    assert body["parameters"]["deadline_ms"] == 5.0 and body["parameters"]["question"].endswith("?")
+    assert body["inputs"][0]["datatype"] == "BYTES" and len(body["inputs"][0]["data"][0].split()) > 50

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from adapter.cli.workload_args import add_trace_arguments, trace_from_args
 from adapter.errors import UsageError
+from adapter.workloads.inputs import INPUT_KINDS
+from adapter.workloads.inputs import payload as request_payload
 from adapter.workloads.loadgen import (
     RequestRecord,
     V2Payload,
@@ -49,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--priority", type=int, help="parameters.priority of every request (lower is more urgent)")
     p.add_argument("--resolution", type=int, default=64, metavar="R", help="input tensor [1,3,R,R] (default 64)")
+    p.add_argument("--inputs", choices=INPUT_KINDS, default="image",
+                   help="what requests carry: random images [1,3,R,R] (default), speech (espeak-ng sentences, "
+                        "16 kHz), English sentences or documents, French paragraphs (adapter.workloads.inputs)")
+    p.add_argument("--question", action="store_true",
+                   help="each request also carries parameters.question, answered by its text (for a QA stage)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30 s)")
     p.add_argument("--max-connections", type=int, default=1024, help="sockets open at once (default 1024)")
     p.add_argument("--out", metavar="CSV", help="one row per request; the summary goes next to it as .json")
@@ -70,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.max_connections < 1:
         raise UsageError("--timeout must be > 0 and --max-connections >= 1")
     trace = trace_from_args(args)
-    payload = V2Payload.random(args.resolution, seed=args.seed)
+    payload = request_payload(args.inputs, resolution=args.resolution, question=args.question, seed=args.seed)
     plan = make_plan(trace, arrivals=args.arrivals, seed=args.seed, slo=_slo(args, payload), priority=args.priority)
     if len(plan) == 0:
         raise UsageError(f"{trace.name}: the workload has no requests")

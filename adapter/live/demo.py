@@ -52,6 +52,7 @@ from adapter.sim.report import plot_frames, plot_tradeoff, write_frame
 from adapter.sim.simulator import AdapterStep, SimResult, SimSettings, simulate
 from adapter.sim.summary import Summary, summarize, summary_markdown, write_summary
 from adapter.spec import GraphSpec, load_spec
+from adapter.workloads.inputs import inputs_for
 from adapter.workloads.loadgen import LoadPlan
 from adapter.workloads.traces import Trace, workload_from_spec
 
@@ -330,7 +331,9 @@ async def run_demo(
     progress(f"ipa demo: {spec.name} up with policy {settings.policy}, predictor {settings.predictor}, a decision "
              f"every {settings.interval_s:g} s, {spec.budget_cores:g} cores at most; replaying {trace.name} ({trace.mean_rps:.1f} rps on average, "
              f"{trace.peak_rps:.1f} at the peak) with ipa load ...")
-    run = await run_live(spec, trace, up, settings.out, resolution=input_resolution(repos[spec.stages[0].name]),
+    inputs, question = inputs_for(spec)
+    resolution = input_resolution(repos[spec.stages[0].name]) if inputs == "image" else 64
+    run = await run_live(spec, trace, up, settings.out, resolution=resolution, inputs=inputs, question=question,
                          seed=settings.seed, progress=progress, on_record=on_record, on_up=on_up)
     plan = run.plan
 

@@ -75,14 +75,14 @@ async def _sample_cores(cluster: LocalCluster, out: list[tuple[float, float]], e
 
 
 def load_command(url: str, model: str, trace_file: Path, out: Path, *, seed: int, slo_ms: float, resolution: int,
-                 timeout_s: float) -> list[str]:
+                 timeout_s: float, inputs: str = "image", question: bool = False) -> list[str]:
     """The `ipa load` command that replays `trace_file` against the pipeline (its own process, see module doc)."""
     script = Path(sys.executable).parent / "ipa"
     ipa = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from adapter.cli import main; "
                                                   "sys.exit(main())"]
     return [*ipa, "load", "--url", url, "--model", model, "--trace", str(trace_file), "--arrivals", "poisson",
             "--seed", str(seed), "--slo-ms", repr(slo_ms), "--resolution", str(resolution), "--timeout",
-            f"{timeout_s:g}", "--out", str(out)]
+            f"{timeout_s:g}", "--out", str(out), "--inputs", inputs, *(["--question"] if question else [])]
 
 
 async def run_live(
@@ -92,6 +92,8 @@ async def run_live(
     workdir: Path,
     *,
     resolution: int,
+    inputs: str = "image",
+    question: bool = False,
     seed: int = 0,
     timeout_s: float = 30.0,
     progress: Callable[[str], None] = print,
@@ -102,7 +104,8 @@ async def run_live(
     """Bring the pipeline up with `settings`, replay `trace` through it with `ipa load`, stop it; what was measured.
 
     Writes `trace.txt` (the per-second load replayed), `requests.csv` and `requests.json` (the load generator's
-    rows and summary) into `workdir`. Requests are images `[1, 3, resolution, resolution]`, each with the graph's
+    rows and summary) into `workdir`. Requests are `inputs` (`adapter.workloads.inputs`: images
+    `[1, 3, resolution, resolution]`, speech, sentences, ...; with a question when `question`), each with the graph's
     SLO (minus its network time) as its deadline, Poisson arrivals seeded by `seed`. `on_record` sees every
     decision, `on_up` the pipeline once it is up. `settings.dry_run` is refused: there would be nothing to measure.
     """
@@ -131,7 +134,7 @@ async def run_live(
                 await asyncio.sleep(0.01)
         sampler = asyncio.create_task(_sample_cores(up.cluster, samples, sample_every_s))
         command = load_command(up.router_url, spec.name, trace_file, records_file, seed=seed, slo_ms=slo_ms,
-                               resolution=resolution, timeout_s=timeout_s)
+                               resolution=resolution, timeout_s=timeout_s, inputs=inputs, question=question)
         proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE,
                                                     env={**os.environ, "TQDM_DISABLE": "1"})

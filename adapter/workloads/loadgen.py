@@ -67,9 +67,13 @@ def make_plan(
 @dataclass(frozen=True)
 class V2Payload:
     """The request's input tensor, serialised to JSON once (re-encoding 12 k floats per request would cost the
-    generator more CPU than the server's inference)."""
+    generator more CPU than the server's inference). With `alternatives`, request i carries alternative
+    i mod n, and the string parameters of `parameters[i mod n]` when given (`adapter.workloads.inputs` makes
+    these: sentences, speech, a question per sample)."""
 
     inputs_json: bytes
+    alternatives: tuple[bytes, ...] = ()
+    parameters: tuple[dict[str, str], ...] = ()
 
     @classmethod
     def random(cls, resolution: int = 64, seed: int = 0, name: str = "input") -> V2Payload:
@@ -80,9 +84,13 @@ class V2Payload:
         tensor = {"name": name, "datatype": "FP32", "shape": [1, 3, resolution, resolution], "data": data.tolist()}
         return cls(json.dumps([tensor], separators=(",", ":")).encode())
 
-    def body(self, parameters: dict[str, float | int]) -> bytes:
-        params = json.dumps(parameters, separators=(",", ":")).encode()
-        return b'{"parameters":' + params + b',"inputs":' + self.inputs_json + b"}"
+    def body(self, parameters: dict[str, float | int], index: int = 0) -> bytes:
+        inputs = self.alternatives[index % len(self.alternatives)] if self.alternatives else self.inputs_json
+        merged: dict[str, object] = dict(parameters)
+        if self.parameters:
+            merged.update(self.parameters[index % len(self.parameters)])
+        params = json.dumps(merged, separators=(",", ":")).encode()
+        return b'{"parameters":' + params + b',"inputs":' + inputs + b"}"
 
     def size_bytes(self, parameters: dict[str, float | int] | None = None) -> int:
         return len(self.body(parameters or {}))
@@ -155,7 +163,7 @@ async def run_load(
             sent = loop.time()
             status, error, variant = 0, "", ""
             try:
-                response = await client.post(endpoint, content=payload.body(params), headers=headers)
+                response = await client.post(endpoint, content=payload.body(params, index), headers=headers)
                 status = response.status_code
                 if status == 200:
                     answer = response.json().get("parameters") or {}
