@@ -20,13 +20,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_WEIGHT = 1e6
+"""Largest objective weight: past it one term swamps the others by more than floats can still compare, and
+products of weights and cores or batch sizes would overflow to infinity (which JSON cannot carry)."""
+MAX_SLO_MS = 3_600_000.0
+"""Longest end-to-end SLO, ms (an hour): an interactive pipeline's SLO is far below it."""
+
+
 class Objective(_Strict):
     """Weights of `alpha·accuracy − beta·cores − delta·batch (− energy·joules)`."""
 
-    alpha: float = Field(1.0, ge=0, description="weight of pipeline accuracy (accuracy as a fraction 0..1)")
-    beta: float = Field(0.01, ge=0, description="cost of one core")
-    delta: float = Field(0.0, ge=0, description="cost of one unit of batch size (latency pressure)")
-    energy: float = Field(0.0, ge=0, description="optional cost of one core-second of energy; 0 disables it")
+    alpha: float = Field(1.0, ge=0, le=MAX_WEIGHT, description="weight of pipeline accuracy (accuracy as a fraction 0..1)")
+    beta: float = Field(0.01, ge=0, le=MAX_WEIGHT, description="cost of one core")
+    delta: float = Field(0.0, ge=0, le=MAX_WEIGHT, description="cost of one unit of batch size (latency pressure)")
+    energy: float = Field(0.0, ge=0, le=MAX_WEIGHT,
+                          description="optional cost of one core-second of energy; 0 disables it")
 
 
 class VariantSpec(_Strict):
@@ -100,7 +108,7 @@ class GraphSpec(_Strict):
     """A pipeline: stages in order, its end-to-end SLO and the objective the adapter optimises."""
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    slo_ms: float = Field(gt=0, description="end-to-end p99 latency objective")
+    slo_ms: float = Field(gt=0, le=MAX_SLO_MS, description="end-to-end p99 latency objective")
     objective: Objective = Field(default_factory=lambda: Objective.model_validate({}))
     accuracy: Literal["product", "mean"] = "product"
     budget_cores: float = Field(gt=0)

@@ -170,3 +170,31 @@ async def test_unreachable_metrics_keep_the_configuration_and_say_why() -> None:
         assert record["decision"]["stages"] == before["decision"]["stages"]  # kept, even with a new alpha
         assert (await c.get("/status")).json()["latest"]["outcome"] == "kept"
     await monitor.aclose()
+
+
+async def test_extreme_weights_are_refused_and_every_record_stays_readable(adapter: Adapter) -> None:
+    c = adapter.client
+    # 1.7e308 was accepted and made GET /decision(s) answer 500 ("Out of range float values are not JSON compliant")
+    assert_error(await c.put("/objective", json={"beta": 1.7e308, "delta": 1.7e308}, headers=AUTH), 422, "beta")
+    assert_error(await c.put("/slo", json={"slo_ms": 1e300}, headers=AUTH), 422, "slo_ms")
+    assert_error(await c.put("/objective", json={"alpha": None}, headers=AUTH), 422, "alpha")
+    edge = await c.put("/objective", json={"alpha": 1e6, "beta": 1e6, "delta": 1e6}, headers=AUTH)
+    assert edge.status_code == 200, edge.text
+    assert (await c.post("/decide", headers=AUTH)).status_code == 200
+    for path in ("/decision", "/decisions", "/status"):
+        resp = await c.get(path)
+        assert resp.status_code == 200, resp.text
+
+
+async def test_an_adapter_without_a_token_refuses_every_write() -> None:
+    router = PipelineRouter(SPEC.name, ["classifier"])
+    async with serve(router, port=0) as url:
+        loop = AdaptationLoop(PolicyConfig.create(SPEC, settings=PolicySettings(policy="joint")), "reactive")
+        monitor = DirectSource(SPEC.name, f"{url}/metrics", lambda: {}, started_at=0.0)
+        service = AdapterService(loop, DryRunExecutor(), monitor, AdapterSettings(interval_s=30))
+        await service.start()
+        app = create_app(ApiSettings(token=None), service)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://adapter") as c:
+            assert_error(await c.put("/slo", json={"slo_ms": 100}, headers={"Authorization": "Bearer x"}), 403)
+            assert (await c.get("/slo")).json()["slo_ms"] == 200
+        await monitor.aclose()

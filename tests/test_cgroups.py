@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.executors.cgroups import PERIOD_US, CpuController, detect_cpu_controller, quota_us
+from adapter.executors.cgroups import PERIOD_US, CpuController, detect_cpu_controller, process_alive, quota_us
 
 SPIN = [sys.executable, "-c", "while True: pass"]
 
@@ -89,8 +89,28 @@ def test_stale_groups_of_dead_owners_are_removed(controller: CpuController) -> N
 
 def test_remove_is_idempotent(controller: CpuController) -> None:
     limit = controller.create("twice", 0.5)
+    path = limit.path
+    assert path is None or path.exists()  # a cgroup (None: the threads-and-affinity fallback has no folder)
     limit.remove()
-    limit.remove()
+    assert path is None or not path.exists()
+    limit.remove()  # again: nothing to do, and no error
+    assert path is None or not path.exists()
+    assert path is None or path not in controller.groups()
+
+
+def test_process_alive_sees_a_zombie_as_stopped() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        assert not process_alive(child.pid)  # exited, not yet reaped: its pid still answers kill(0)
+    finally:
+        child.wait()
+    assert not process_alive(child.pid)  # reaped: gone
 
 
 def test_affinity_fallback_pins_whole_cores(monkeypatch: pytest.MonkeyPatch,

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import SMALL_RESOLUTION
-from prometheus_server import MISSING, PROMETHEUS, start_prometheus
+from prometheus_server import requires_prometheus, start_prometheus
 
 from adapter.control.embedded import EmbeddedPipeline, UpSettings
 from adapter.control.service import DecisionRecord
@@ -144,7 +144,7 @@ async def test_the_adapter_follows_the_load_and_survives_a_killed_replica(up: Em
     assert (await up.cluster.state()).crashes == 1
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason=MISSING)
+@requires_prometheus
 async def test_metrics_stopped_keeps_the_configuration_and_says_why(variant_repo: Path, tmp_path: Path) -> None:
     spec = small_graph("e2e-prom")
     targets = tmp_path / "ipa" / spec.name / "prometheus-targets.json"  # written by the cluster once it starts
@@ -177,7 +177,8 @@ async def test_metrics_stopped_keeps_the_configuration_and_says_why(variant_repo
 def test_ipa_up_dry_run_and_ipa_down(tmp_path: Path) -> None:
     graph = tmp_path / "graph.yaml"
     graph.write_text(json.dumps(small_graph("e2e-cli").model_dump(mode="json", exclude={"source"})))
-    env = {**os.environ, "IPA_HOME": str(tmp_path / "ipa"), "IPA_ADAPTER_TOKEN": "from-env"}
+    env = {k: v for k, v in os.environ.items() if k != "IPA_TOKEN_FILE"}
+    env.update(IPA_HOME=str(tmp_path / "ipa"), IPA_TOKEN="from-env")
     ipa = [str(Path(sys.executable).parent / "ipa")]
     proc = subprocess.Popen([*ipa, "up", str(graph), "--dry-run", "--port", "0", "--adapter-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -185,13 +186,18 @@ def test_ipa_up_dry_run_and_ipa_down(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         lines: list[str] = []
-        while not any(line.strip().startswith("token") for line in lines):
+        while not any(line.strip().startswith("token file") for line in lines):
             line = proc.stdout.readline()
             assert line, f"ipa up ended: {''.join(lines)}"
             lines.append(line)
         out = "".join(lines)
         api = next(line.split()[2] for line in lines if line.strip().startswith("adapter API"))
-        assert "/v2/models/e2e-cli/infer" in out and "from-env" in out and "DRY RUN" in out
+        assert "/v2/models/e2e-cli/infer" in out and "DRY RUN" in out
+        token_file = tmp_path / "ipa" / "e2e-cli" / "token"
+        assert "from-env" not in out and str(token_file) in out  # the token is never printed, its file is
+        assert token_file.read_text().strip() == "from-env" and token_file.stat().st_mode & 0o077 == 0
+        put = httpx.put(f"{api}/slo", json={"slo_ms": 500}, headers={"authorization": "Bearer from-env"}, timeout=10)
+        assert put.status_code == 200, put.text
         status = httpx.get(f"{api}/status", timeout=10).json()
         assert status["pipeline"] == "e2e-cli" and status["latest"]["outcome"] == "applied"
         assert (tmp_path / "ipa" / "e2e-cli" / "up.json").exists()
@@ -201,7 +207,7 @@ def test_ipa_up_dry_run_and_ipa_down(tmp_path: Path) -> None:
         assert "e2e-cli: stopped" in down.stdout
         assert proc.wait(timeout=30) == 0
         assert "stopped; nothing left running" in proc.stdout.read()
-        assert not (tmp_path / "ipa" / "e2e-cli" / "up.json").exists()
+        assert not (tmp_path / "ipa" / "e2e-cli" / "up.json").exists() and not token_file.exists()
         again = subprocess.run([*ipa, "down"], env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "no pipeline running" in again.stdout
     finally:

@@ -21,6 +21,8 @@ import kmock as kmock_lib
 import pytest
 import yaml
 from aiohttp import web
+from conftest import AUTH, TEST_TOKEN
+from pydantic import ValidationError
 from shared_data import SHARED_DATA
 
 from adapter.decision.model import Decision
@@ -37,7 +39,8 @@ from adapter.kubernetes.seldon import (
     validate_seldon_deployment,
 )
 from adapter.spec import GraphSpec, parse_spec
-from mlserver_ipa.settings import ControlRequest
+from mlserver_ipa.auth import TokenError, check
+from mlserver_ipa.settings import ControlRequest, describe_validation_error
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = SHARED_DATA / "seldon" / "seldondeployments-crd-v1.17.1.yaml"
@@ -122,7 +125,9 @@ class Kubelet:
 
 class ControlServer:
     """A loopback HTTP server speaking the runtime's control protocol (GET/POST /v2/models/<model>/control),
-    bodies checked with the runtime's own ControlRequest model. One per pod that needs its own runtime."""
+    bodies checked with the runtime's own ControlRequest model and refused as the runtime refuses them (401
+    without the pipeline's token, 422 {"error"} for a bad body or an unknown variant): one per pod that needs
+    its own runtime. `test_the_control_stub_answers_as_the_real_runtime` holds the two to the same answers."""
 
     def __init__(self, model: str, state: dict[str, Any]) -> None:
         self.model, self.state = model, state
@@ -149,10 +154,19 @@ class ControlServer:
         return web.json_response(self.state)
 
     async def _post(self, request: web.Request) -> web.Response:
+        try:
+            check(request.headers.get("authorization"), TEST_TOKEN)
+        except TokenError as e:
+            return web.json_response({"error": str(e)}, status=e.status)
         body = await request.json()
-        change = ControlRequest.model_validate(body)
-        if change.variant is not None and change.variant not in {v["name"] for v in self.state["variants"]}:
-            return web.json_response({"error": f"unknown variant {change.variant!r}"}, status=400)
+        try:
+            change = ControlRequest.model_validate(body)
+        except ValidationError as e:
+            return web.json_response({"error": describe_validation_error(e)}, status=422)
+        known = [v["name"] for v in self.state["variants"]]
+        if change.variant is not None and change.variant not in known:
+            return web.json_response({"error": f"unknown variant {change.variant!r}; model {self.model} has: "
+                                               f"{', '.join(known)}"}, status=422)
         self.posts.append(body)
         self.state.update(change.model_dump(exclude_none=True))
         return web.json_response(self.state)
@@ -291,6 +305,24 @@ def real_runtime(variant_repo: Path, start_mlserver: Callable[..., Any], tmp_pat
         assert server.alive() and time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.25)
     yield spec, server
+
+
+async def test_the_control_stub_answers_as_the_real_runtime(real_runtime: tuple[GraphSpec, Any]) -> None:
+    """The stub the other tests use refuses what the real runtime refuses, with the same status and shape."""
+    _, server = real_runtime
+    async with httpx.AsyncClient(timeout=60) as http:
+        state = (await http.get(f"{server.http_url}/v2/models/resnet/control")).json()
+        async with ControlServer("resnet", dict(state)) as stub:
+            for body, headers in [({"variant": "resnet9000"}, AUTH), ({"threads": "two"}, AUTH),
+                                  ({"colour": "blue"}, AUTH), ({"batch_size": 10**9}, AUTH),
+                                  ({"batch_size": 1}, {}), ({"batch_size": 1}, {"authorization": "Bearer no"})]:
+                real = await http.post(f"{server.http_url}/v2/models/resnet/control", json=body, headers=headers)
+                fake = await http.post(f"http://127.0.0.1:{stub.port}/v2/models/resnet/control", json=body,
+                                       headers=headers)
+                assert real.status_code == fake.status_code != 200, (body, real.text, fake.text)
+                assert set(real.json()) == set(fake.json()) == {"error"}
+                if "variant" in body:
+                    assert real.json()["error"] == fake.json()["error"]
 
 
 async def test_in_place_scales_resizes_and_reconfigures_a_real_runtime(
@@ -679,4 +711,4 @@ async def test_a_runtime_that_refuses_a_change_is_reported(
     (failure,) = result.failed
     assert (failure.target, failure.action, failure.retryable) == (
         f"pod/{pod['metadata']['name']}", "variant resnet18 -> resnet50", False)
-    assert failure.reason == "runtime refused: HTTP 400: unknown variant 'resnet50'"
+    assert failure.reason == "runtime refused: HTTP 422: unknown variant 'resnet50'; model detector has: resnet18"

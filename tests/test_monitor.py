@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import SMALL_RESOLUTION, free_port
-from prometheus_server import MISSING, PROMETHEUS, start_prometheus
+from prometheus_server import requires_prometheus, start_prometheus
 
 from adapter.control.monitor import (
     DirectSource,
@@ -139,7 +139,7 @@ async def test_direct_source_unreachable_router_is_an_unavailable_observation() 
     assert obs.reason is not None and dead in obs.reason and "ConnectError" in obs.reason
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason=MISSING)
+@requires_prometheus
 @in_module_loop
 async def test_prometheus_source_reads_what_a_real_prometheus_scraped(
         pipeline: Pipeline, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ importer of InfAdapter's published measurements."""
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -171,7 +172,16 @@ def test_infadapter_import(tmp_path: Path) -> None:
     out = tmp_path / "infadapter.csv"
     assert main(["profile", "import-infadapter", str(INFADAPTER_CSV), "--out", str(out)]) == 0
     assert Profile.load(out).points == sorted(prof.points, key=lambda p: (prof.variants().index(p.variant), p.batch, p.cores))
-    assert out.read_text() == (ROOT / "profiles" / "infadapter-resnet.csv").read_text()
+    # The shipped file is the importer's output too, so comparing the two would only say it was regenerated;
+    # what it must hold is the paper's numbers: rows checked against the CSV they come from, value by value.
+    shipped = Profile.load(ROOT / "profiles" / "infadapter-resnet.csv")
+    rows = [r for r in csv.DictReader(INFADAPTER_CSV.open())
+            if float(r["SLA"]) == 750 and (r["p99_latency"] or "").strip()]
+    assert len(shipped.points) == len(rows) == len(prof.points)
+    for r in rows:
+        point = shipped.point(f"resnet{int(float(r['ARCH']))}", int(float(r["BATCH"])), float(r["CPU"]))
+        assert math.isclose(point.p99_ms, float(r["p99_latency"])), r
+        assert math.isclose(point.throughput_rps, float(r["capacity"])), r
     # Another SLA, and one that is not in the file.
     assert math.isclose(import_infadapter(INFADAPTER_CSV, sla_ms=1500).profile.point("resnet18", 1, 1).p99_ms, 703.29)
     with pytest.raises(SpecError, match="no rows at SLA 600 ms"):

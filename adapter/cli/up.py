@@ -1,6 +1,6 @@
 """`ipa up` and `ipa down`: run a pipeline on this machine with its adapter, and stop it.
 
-    ipa up GRAPH.yaml [--policy P] [--predictor NAME] [--port N] [--adapter-port N] [--token T] [--models DIR]
+    ipa up GRAPH.yaml [--policy P] [--predictor NAME] [--port N] [--adapter-port N] [--models DIR]
                       [--prometheus URL] [--interval S] [--scale-down-after N] [--dry-run] [--home DIR]
     ipa down [PIPELINE] [--home DIR] [--timeout S]
 
@@ -47,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="the router's port: the V2 endpoint (default 8080)")
     up.add_argument("--adapter-port", type=int, default=8090, help="the adapter API's port (default 8090)")
-    up.add_argument("--token", help="bearer token for API writes (default $IPA_ADAPTER_TOKEN, else generated)")
     up.add_argument("--models", type=Path, default=Path("build/models"),
                     help="where demo families are built, one folder per family (default build/models)")
     up.add_argument("--prometheus", metavar="URL", help="read metrics from this Prometheus server (it must scrape "
@@ -98,7 +97,7 @@ def run_up(args: argparse.Namespace) -> int:
     spec = load_spec(args.graph, require_profiles=True)
     settings = UpSettings(host=args.host, port=args.port, adapter_port=args.adapter_port, policy=args.policy,
                           predictor=args.predictor, interval_s=args.interval,
-                          scale_down_intervals=args.scale_down_after, token=args.token, models=args.models,
+                          scale_down_intervals=args.scale_down_after, models=args.models,
                           prometheus=args.prometheus, dry_run=args.dry_run, home=args.home)
 
     async def main() -> None:
@@ -116,8 +115,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 def banner(up: EmbeddedPipeline) -> str:
     spec, s = up.spec, up.settings
-    token = up.token + ("   (generated: pass --token or set IPA_ADAPTER_TOKEN to choose it)"
-                        if up.token_generated else "")
+    made = " (new; set $IPA_TOKEN_FILE to bring your own)" if up.token_generated else ""
     lines = [
         f"ipa up: pipeline {spec.name} ({', '.join(st.name for st in spec.stages)}), policy {s.policy}, "
         f"predictor {s.predictor}, a decision every {spec.interval_s:g} s{' (DRY RUN: no replicas)' if s.dry_run else ''}",
@@ -125,7 +123,7 @@ def banner(up: EmbeddedPipeline) -> str:
         f"  adapter API   {up.api_url}   (OpenAPI: {up.api_url}/docs; writes need the token)",
         f"  metrics       router {up.router_url}/metrics, adapter {up.api_url}/metrics, "
         f"replicas: `ipa status {spec.name}` / {up.home / spec.name / 'prometheus-targets.json'}",
-        f"  token         {token}",
+        f"  token file    {up.token_file}{made}: writes send `Authorization: Bearer $(cat {up.token_file})`",
         f"  stop with Ctrl-C, or `ipa down {spec.name}`",
     ]
     return "\n".join(lines)

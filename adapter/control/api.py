@@ -12,7 +12,10 @@
     GET  /healthz                200 while the process serves
 
 Changes take effect at the next decision (the next interval, or a POST /decide). Reads are open; PUT and POST
-need `Authorization: Bearer <token>` (401 without it or with another token). Every 4xx has one JSON shape:
+need the pipeline's token as `Authorization: Bearer <token>` (401 without it or with another token; the same
+check as the data plane's, `mlserver_ipa.auth`). Weights are bounded to [0, 1e6] and the SLO to (0, 1 h], so
+every record stays finite; answers are rendered with orjson, which writes a non-finite number as null rather
+than failing. Every 4xx has one JSON shape, documented per route in the OpenAPI:
 
     {"error": "what is wrong", "status": 422, "field": "alpha"}     (`field` null when no field is at fault)
 
@@ -21,15 +24,14 @@ pydantic's validation errors (422) name the field; a value the adapter refuses (
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -39,32 +41,38 @@ from starlette.exceptions import HTTPException
 from adapter.control.service import AdapterService, ControlError, Controls, DecisionRecord
 from adapter.decision.policies import POLICIES
 from adapter.forecast.predictors import PREDICTOR_NAMES
+from adapter.spec import MAX_SLO_MS, MAX_WEIGHT
+from mlserver_ipa.auth import TokenError, check, new_token
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     """How the API is served."""
 
-    token: str
-    """the bearer token writes need (`ipa up --token`, `$IPA_ADAPTER_TOKEN`, or generated at start)"""
+    token: str | None
+    """the pipeline's token, which writes need (`ipa up` makes it; None refuses every write)"""
     title: str = "IPA adapter"
 
 
-def new_token() -> str:
-    """A random token for when none was given (printed once at start)."""
-    return secrets.token_urlsafe(24)
+__all__ = ["ApiSettings", "create_app", "new_token"]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
+
+
 class ObjectiveChange(_Body):
     """Any of the weights of `alpha·accuracy − beta·cores − delta·batch`; the others stay as they are."""
 
-    alpha: float | None = Field(None, ge=0, description="weight of pipeline accuracy (a fraction 0..1)")
-    beta: float | None = Field(None, ge=0, description="cost of one core")
-    delta: float | None = Field(None, ge=0, description="cost of one unit of batch size")
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    # None (the default) only when the field is left out: an explicit null is refused, as the schema says.
+    alpha: Weight = Field(None, description="weight of pipeline accuracy (a fraction 0..1)")  # type: ignore[assignment]
+    beta: Weight = Field(None, description="cost of one core")  # type: ignore[assignment]
+    delta: Weight = Field(None, description="cost of one unit of batch size")  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _something(self) -> ObjectiveChange:
@@ -74,15 +82,16 @@ class ObjectiveChange(_Body):
 
 
 class SloChange(_Body):
-    slo_ms: float = Field(gt=0, description="end-to-end p99 latency objective, ms")
+    slo_ms: float = Field(gt=0, le=MAX_SLO_MS, description="end-to-end p99 latency objective, ms")
 
 
 class PolicyChange(_Body):
-    policy: str = Field(description=f"one of {', '.join(POLICIES)}")
+    policy: str = Field(description=f"one of {', '.join(POLICIES)}", json_schema_extra={"enum": list(POLICIES)})
 
 
 class PredictorChange(_Body):
-    predictor: str = Field(description="reactive, ewma or lstm (oracle needs the future: simulations only)")
+    predictor: str = Field(description="reactive, ewma or lstm (oracle needs the future: simulations only)",
+                           json_schema_extra={"enum": [n for n in PREDICTOR_NAMES if n != "oracle"]})
 
 
 class Objective(BaseModel):
@@ -112,6 +121,22 @@ class Status(BaseModel):
     uptime_s: float
     decisions: int
     latest: dict[str, Any] | None = Field(None, description="the latest decision in brief (GET /decision: all)")
+
+
+class ApiError(BaseModel):
+    """The one error shape of this API."""
+
+    error: str
+    status: int
+    field: str | None = None
+
+
+READ_ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": ApiError, "description": "a bad query"}}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ApiError, "description": "no token, or another one"},
+    403: {"model": ApiError, "description": "the adapter was started without a token: writes are off"},
+    422: {"model": ApiError, "description": "a body that does not validate, or a value the adapter refuses"},
+}
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -156,15 +181,17 @@ class _AdapterCollector(Collector):
 
 def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     """The API over `core` (see module doc)."""
-    app = FastAPI(title=settings.title, description=(__doc__ or "").split("\n\n")[0])
-    bearer = HTTPBearer(auto_error=False, description="the adapter's token (printed by `ipa up`)")
+    app = FastAPI(title=settings.title, description=(__doc__ or "").split("\n\n")[0],
+                  default_response_class=ORJSONResponse)
+    bearer = HTTPBearer(auto_error=False, description="the pipeline's token (`ipa up` writes it in its home)")
     registry = CollectorRegistry()
     registry.register(_AdapterCollector(core))
 
-    def writer(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
-            what = "missing" if credentials is None else "wrong"
-            raise HTTPException(401, f"{what} bearer token: changes need `Authorization: Bearer <token>`")
+    def writer(request: Request, _: object = Depends(bearer)) -> None:  # `bearer` documents the scheme
+        try:
+            check(request.headers.get("authorization"), settings.token)
+        except TokenError as e:
+            raise HTTPException(e.status, str(e)) from None
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -196,14 +223,14 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
         return Status(pipeline=core.spec.name, controls=core.controls(), interval_s=core.settings.interval_s,
                       uptime_s=core.clock() - core.started_at, decisions=len(core.history), latest=brief)
 
-    @app.get("/decision")
+    @app.get("/decision", responses={404: {"model": ApiError, "description": "no decision yet"}})
     async def decision() -> DecisionRecord:
         latest = core.current()
         if latest is None:
             raise HTTPException(404, "no decision yet")
         return latest
 
-    @app.get("/decisions")
+    @app.get("/decisions", responses=READ_ERRORS)
     async def decisions(limit: int | None = Query(None, ge=1, description="only the latest N")) -> list[DecisionRecord]:
         return core.records(limit)
 
@@ -214,7 +241,7 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     async def get_objective() -> Objective:
         return _objective(core.controls())
 
-    @app.put("/objective", dependencies=[Depends(writer)])
+    @app.put("/objective", dependencies=[Depends(writer)], responses=WRITE_ERRORS)
     async def put_objective(change: ObjectiveChange) -> Objective:
         return _objective(core.set_objective(change.alpha, change.beta, change.delta))
 
@@ -222,7 +249,7 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     async def get_slo() -> Slo:
         return Slo(slo_ms=core.controls().slo_ms)
 
-    @app.put("/slo", dependencies=[Depends(writer)])
+    @app.put("/slo", dependencies=[Depends(writer)], responses=WRITE_ERRORS)
     async def put_slo(change: SloChange) -> Slo:
         return Slo(slo_ms=core.set_slo(change.slo_ms).slo_ms)
 
@@ -230,7 +257,7 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     async def get_policy() -> PolicyChoice:
         return PolicyChoice(policy=core.controls().policy, known=list(POLICIES))
 
-    @app.put("/policy", dependencies=[Depends(writer)])
+    @app.put("/policy", dependencies=[Depends(writer)], responses=WRITE_ERRORS)
     async def put_policy(change: PolicyChange) -> PolicyChoice:
         return PolicyChoice(policy=core.set_policy(change.policy).policy, known=list(POLICIES))
 
@@ -238,15 +265,16 @@ def create_app(settings: ApiSettings, core: AdapterService) -> FastAPI:
     async def get_predictor() -> PredictorChoice:
         return PredictorChoice(predictor=core.controls().predictor, known=list(PREDICTOR_NAMES))
 
-    @app.put("/predictor", dependencies=[Depends(writer)])
+    @app.put("/predictor", dependencies=[Depends(writer)], responses=WRITE_ERRORS)
     async def put_predictor(change: PredictorChange) -> PredictorChoice:
         return PredictorChoice(predictor=core.set_predictor(change.predictor).predictor, known=list(PREDICTOR_NAMES))
 
-    @app.post("/decide", dependencies=[Depends(writer)])
+    @app.post("/decide", dependencies=[Depends(writer)], responses=WRITE_ERRORS)
     async def decide() -> DecisionRecord:
         return await core.decide("forced")
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text"}})
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

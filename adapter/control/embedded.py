@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from adapter.control.api import ApiSettings, create_app, new_token
+from adapter.control.api import ApiSettings, create_app
 from adapter.control.loop import AdaptationLoop
 from adapter.control.monitor import DirectSource, MetricsSource
 from adapter.control.monitor_prometheus import PrometheusSettings, PrometheusSource
@@ -38,11 +38,14 @@ from adapter.executors.local.cluster import LocalCluster
 from adapter.executors.local.settings import LocalClusterSettings
 from adapter.executors.local.state import ipa_home, write_text_atomic
 from adapter.spec import GraphSpec
+from mlserver_ipa.auth import TOKEN_FILE_ENV, load_token, write_token_file
+from mlserver_ipa.route_table import Upstreams
 from mlserver_ipa.router import PipelineRouter
 from mlserver_ipa.router import create_app as create_router_app
 from mlserver_ipa.router import serve_app as serve_asgi
 
 UP_FILE = "up.json"
+TOKEN_FILE = "token"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class UpSettings:
     scale_down_intervals: int = 3
     """intervals a lower need must hold before resources are given back"""
     token: str | None = None
-    """the API's bearer token (default: `$IPA_ADAPTER_TOKEN`, else a generated one)"""
+    """the pipeline's token (default: the file `$IPA_TOKEN_FILE` names, `$IPA_TOKEN`, else a new one); it is kept
+    in `<home>/<pipeline>/token` (mode 0600) for the replicas and the user, never logged"""
     models: Path = Path("build/models")
     """where demo families are built: `<models>/<family>`"""
     repositories: Mapping[str, Path] = field(default_factory=dict)
@@ -125,9 +129,13 @@ class EmbeddedPipeline:
         if s.interval_s is not None:
             spec = spec.model_copy(update={"interval_s": s.interval_s})
         self.spec = spec
-        self.token = s.token or os.environ.get("IPA_ADAPTER_TOKEN") or new_token()
-        self.token_generated = not (s.token or os.environ.get("IPA_ADAPTER_TOKEN"))
         self.home = s.home if s.home is not None else ipa_home()
+        given = s.token or load_token()  # ValueError (an unreadable $IPA_TOKEN_FILE) is the caller's to report
+        self.token_generated = given is None
+        named = None if s.token else os.environ.get(TOKEN_FILE_ENV)
+        self._owns_token_file = not named  # written at start, removed at stop
+        self.token_file = Path(named) if named else self.home / spec.name / TOKEN_FILE
+        self.token = given or ""
         self.up_file = self.home / spec.name / UP_FILE
         self.on_record, self.progress = on_record, progress
         self.router_url = self.api_url = ""
@@ -159,14 +167,21 @@ class EmbeddedPipeline:
         loop = AdaptationLoop(config, s.predictor)  # bad policy/predictor names fail here, before anything starts
         repos = {} if s.dry_run else await asyncio.to_thread(build_models, spec, s, self.progress)
 
-        router = PipelineRouter(spec.name, [st.name for st in spec.stages])
+        if self._owns_token_file:  # one token for every component of the pipeline
+            self.token = write_token_file(self.token_file, self.token or None)
+            self._stack.callback(self.token_file.unlink, missing_ok=True)
+        # The router sends only to replicas this cluster started (and writes to its table need the token).
+        router = PipelineRouter(spec.name, [st.name for st in spec.stages], upstreams=Upstreams(
+            addresses=lambda: self.cluster.replica_addresses() if self.cluster is not None else set()))
         self._stack.push_async_callback(router.aclose)
-        self.router_url = await self._stack.enter_async_context(serve_app(create_router_app(router), s.host, s.port))
+        self.router_url = await self._stack.enter_async_context(
+            serve_app(create_router_app(router, self.token), s.host, s.port))
         executor: Executor
         if s.dry_run:
             executor = DryRunExecutor()
         else:
             cluster_settings = s.cluster or LocalClusterSettings(home=self.home)
+            cluster_settings.token_file = self.token_file
             self.cluster = LocalCluster(spec, repos, router=router, router_url=self.router_url,
                                         settings=cluster_settings)
             await self._stack.enter_async_context(self.cluster)

@@ -46,7 +46,7 @@ from adapter.errors import UsageError
 from adapter.executors import ApplyResult, StepFailure
 from adapter.executors.cgroups import CpuController, CpuLimitError, detect_cpu_controller
 from adapter.executors.local.plan import match_replicas, replica_targets, variant_shares
-from adapter.executors.local.replica import ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
+from adapter.executors.local.replica import HOST, ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
 from adapter.executors.local.settings import LocalClusterSettings
 from adapter.executors.local.stages import ClusterReplica, ClusterStage, RouteTarget
 from adapter.executors.local.state import (
@@ -258,7 +258,7 @@ class LocalCluster:
             st.next_index += 1
             process = ReplicaProcess(rid, st.name, self.folder / "replicas" / rid, st.template,
                                      ReplicaConfig(cfg.variant, cfg.batch, cfg.cores, cfg.max_batch_time_ms),
-                                     self.controller)
+                                     self.controller, token_file=self.settings.token_file)
             replica = ClusterReplica(process, "starting", restarts)
             st.replicas.append(replica)
             try:
@@ -343,6 +343,11 @@ class LocalCluster:
             async with st.publish_lock:
                 await self.router.update_stage(st.name, st.route())
         await self._write_state()
+
+    def replica_addresses(self) -> set[str]:
+        """`host:port` of every replica process this cluster runs: the only places the router may send to."""
+        return {f"{HOST}:{r.process.http_port}" for st in self._stages.values() for r in st.replicas
+                if r.process.http_port}
 
     def metrics_urls(self) -> dict[str, list[str]]:
         """Per stage, the Prometheus endpoints of its ready replicas (what the adapter's monitor scrapes)."""

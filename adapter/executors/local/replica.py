@@ -31,7 +31,7 @@ import httpx
 from adapter.errors import UsageError
 from adapter.executors.cgroups import CpuController, CpuLimit
 from adapter.spec import GraphSpec, StageSpec
-from mlserver_ipa.auth import TOKEN_FILE_ENV, bearer, load_token, write_token_file
+from mlserver_ipa.auth import TOKEN_ENV, TOKEN_FILE_ENV, bearer, load_token, write_token_file
 from mlserver_ipa.settings import threads_for
 
 RUNTIME = "mlserver_ipa.runtime.VariantRuntime"
@@ -131,6 +131,7 @@ class ReplicaProcess:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
+    token_file: Path | None = None  # the pipeline's token file; None: $IPA_TOKEN_FILE / $IPA_TOKEN, else its own
     proc: asyncio.subprocess.Process | None = None
     limit: CpuLimit | None = None
     started_at: float = 0.0
@@ -202,7 +203,10 @@ class ReplicaProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "MLSERVER_HTTP_PORT": str(self.http_port), "MLSERVER_GRPC_PORT": str(self.grpc_port),
                "MLSERVER_METRICS_PORT": str(self.metrics_port)}
-        token = load_token()
+        if self.token_file is not None:
+            env[TOKEN_FILE_ENV] = str(self.token_file.resolve())
+            env.pop(TOKEN_ENV, None)
+        token = load_token(env)
         if token is None:  # no pipeline token: one for this replica alone
             token = write_token_file(self.folder / TOKEN_FILE)
             env[TOKEN_FILE_ENV] = str((self.folder / TOKEN_FILE).resolve())

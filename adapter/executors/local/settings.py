@@ -26,3 +26,6 @@ class LocalClusterSettings:
     """Pause between attempts of a step, and between replacements of a replica that keeps crashing."""
     state_interval_s: float = 1.0
     """How often the state file is rewritten (besides after every change), to refresh outstanding counts."""
+    token_file: Path | None = None
+    """The pipeline's token file (`mlserver_ipa.auth`), passed to every replica as `$IPA_TOKEN_FILE` and sent
+    with control changes; None: `$IPA_TOKEN_FILE` / `$IPA_TOKEN`, else a token per replica in its folder."""
