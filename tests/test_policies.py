@@ -47,12 +47,19 @@ def test_registry_has_every_policy_of_the_issue() -> None:
     }
 
 
+DEGRADED_AT_20_RPS = {"fa2-high", "sponge", "static", "vpa"}
+"""Policies whose fixed choices cannot meet the SLO at 20 rps once queueing at the planned load counts: the most
+accurate variants (fa2-high), replicas fixed at one (sponge), the spec's own configuration (static), and cores
+from CPU use with the most accurate variant (vpa). Every other policy finds a feasible plan on 32 cores."""
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_decides_every_stage(name: str) -> None:
     d, state = decide(ctx(20.0, cpu_usage={"detector": (0.4,), "classifier": (0.9,)}), config(name))
     assert d.policy == name
     assert [s.name for s in d.stages] == ["detector", "classifier"]
-    assert d.status == "optimal", d.reason  # 20 rps on a 32-core budget: every policy finds a feasible plan
+    assert d.status == ("degraded" if name in DEGRADED_AT_20_RPS else "optimal"), d.reason
+    assert d.status != "degraded" or d.reason
     assert isinstance(state, PolicyState)
     assert d.cores <= 32.0 + 1e-9  # the budget guard holds for every policy
 
@@ -63,9 +70,9 @@ def test_joint_is_at_least_as_good_as_the_policies_it_contains(load: float) -> N
     assert best.status == "optimal"
     for name in ("ipa", "fa2-low", "fa2-high", "infadapter"):
         d = decide(ctx(load), config(name, max_variants=1))[0]
-        # fa2-high's most accurate variants cannot carry 60 rps within the SLO: its decision is degraded (and so
-        # not comparable); every other one is feasible and joint, which contains it, scores at least as well.
-        expected = "degraded" if (name, load) == ("fa2-high", 60.0) else "optimal"
+        # fa2-high's most accurate variants cannot carry 20 rps or more within the SLO: its decision is degraded
+        # (and so not comparable); every other one is feasible and joint, which contains it, scores at least as well.
+        expected = "degraded" if name == "fa2-high" and load >= 20.0 else "optimal"
         assert d.status == expected, (name, d.reason)
         if d.status == "optimal":
             assert best.objective.value >= d.objective.value - 1e-9, name
@@ -301,7 +308,10 @@ def test_every_shipped_graph_is_loaded_and_solved(path: Path) -> None:
         pytest.skip(f"profiles not shipped yet: {e}")
     for name in POLICIES:
         d, _ = decide(ctx(5.0), cfg.with_settings(policy=name))
-        assert d.status == "optimal", (name, d.reason)  # 5 rps fits every shipped graph's budget
+        # 5 rps fits every shipped graph, except the video pipeline for the policies whose fixed choices cannot
+        # meet its 600 ms SLO with queueing counted (see DEGRADED_AT_20_RPS)
+        fixed = spec.name == "video-monitoring" and name in DEGRADED_AT_20_RPS
+        assert d.status == ("degraded" if fixed else "optimal"), (name, d.reason)
         assert len(d.stages) == len(spec.stages)
     joint = decide(ctx(1.0), cfg)[0]
     assert joint.status == "optimal", joint.reason
