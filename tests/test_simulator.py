@@ -240,6 +240,60 @@ def test_without_in_place_changes_a_replacement_cold_starts_while_the_old_one_se
     assert np.all(frame["accuracy"][15:] == pytest.approx(50.0))
 
 
+def _cores_profile() -> Profile:
+    """m takes 40 ms and f 20 ms per request on one core, shorter on more (batch 1)."""
+    rows = [f"s,{v},1,{c:g},{ms / c},{ms / c},{ms / c},{1000 * c / ms},100,test"
+            for v, ms in (("m", 40.0), ("f", 20.0)) for c in (0.5, 1.0, 1.5, 2.0)]
+    return Profile.parse(HEADER + "\n".join(rows) + "\n")
+
+
+def test_shrink_before_grow_in_place_keeps_the_budget() -> None:
+    """2 × 1 core → 1 × 1.5 (one replica resized up, the other drains) → 2 × 1 core of another variant (the
+    1.5-core one switches down, a new one starts): done in the order given, each passes a 2-core budget for a
+    while (2.5 cores); ordered (the drain and the switch down first), never."""
+    spec = parse_spec({**graph([{**ONE[0], "cores": [0.5, 1, 1.5, 2]}]).model_dump(exclude={"source"}),
+                       "budget_cores": 2})
+    step = fixed({
+        0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=2)])),
+        10: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1.5, count=1)])),
+        20: decision(("s", [ReplicaGroup(variant="f", batch=1, cores=1, count=2)])),
+    })
+    run = simulate(spec, np.full(40, 20.0), step, profiles={"s": _cores_profile()}, seed=5,
+                   settings=SimSettings(cold_start_s=2.0, switch_delay_s=1.0))
+    assert run.peak_cores <= 2.0 + 1e-9
+    frame = run.frame
+    assert frame["cores"][15] == pytest.approx(1.5) and frame["cores"][35] == pytest.approx(2.0)
+    assert np.all(frame["accuracy"][25:] == pytest.approx(50.0))  # the new deployment is carried out in full
+
+
+def test_make_before_break_only_when_both_fit() -> None:
+    """Replacing a replica (no in-place change): on a budget for both the new one serves before the old one
+    leaves (no request lost); on a budget for one, the old one leaves first and the budget holds."""
+    def run(budget: float):
+        spec = parse_spec({**graph(ONE).model_dump(exclude={"source"}), "budget_cores": budget})
+        step = fixed({
+            0: decision(("s", [ReplicaGroup(variant="m", batch=1, cores=1, count=1)])),
+            10: decision(("s", [ReplicaGroup(variant="f", batch=1, cores=1, count=1)])),
+        })
+        return simulate(spec, np.full(30, 5.0), step, profiles={"s": constant_profile({"m": 20.0, "f": 10.0})},
+                        seed=5, settings=SimSettings(in_place=False, cold_start_s=4.0))
+    both, one = run(2.0), run(1.0)
+    assert both.peak_cores == pytest.approx(2.0) and both.frame["dropped"].sum() == 0
+    assert one.peak_cores == pytest.approx(1.0)
+    assert one.frame["dropped"][10:15].sum() > 0  # break before make: no replica while the new one starts
+    assert np.all(one.frame["accuracy"][16:] == pytest.approx(50.0))
+
+
+def test_the_budget_holds_at_every_instant_on_a_seeded_run() -> None:
+    spec = load_spec(DATA / "video.yaml", require_profiles=True)
+    profiles = load_graph_profiles(spec)
+    trace = synthetic_trace("fluctuating", 300, seed=11)
+    arrivals = arrival_times(trace, seed=11)
+    for policy in ("joint", "ipa", "infadapter"):
+        r = simulate(spec, trace, policy, profiles=profiles, seed=11, arrivals=arrivals)
+        assert r.peak_cores <= spec.budget_cores + 1e-9, (policy, r.peak_cores)
+
+
 # ---------------------------------------------------------------------------------------------- determinism
 
 

@@ -94,7 +94,8 @@ class Replica:
 
     __slots__ = (
         "id", "stage", "config", "table", "queue", "policy", "times", "estimate", "busy", "busy_until",
-        "in_flight", "ready", "draining", "token", "timer_at", "pending", "charged", "removed",
+        "in_flight", "ready", "draining", "token", "timer_at", "pending", "charged", "removed", "waiting",
+        "ready_at",
     )
 
     def __init__(
@@ -110,6 +111,8 @@ class Replica:
         self.ready = False
         self.draining = False
         self.removed = False
+        self.waiting = False  # a new replica not started yet: it waits for cores the budget does not have yet
+        self.ready_at = 0.0
         self.token = 0  # the batch timer in force; older timers are stale
         self.timer_at = -1.0  # when the timer in force fires
         self.pending: ReplicaConfig | None = None  # an in-place change on its way
@@ -186,6 +189,8 @@ class StagePool:
         self.ready_groups: list[tuple[float, list[Replica]]] = []
         self.ready_total = 0.0
         self.epoch = 0  # decisions applied; a deferred cutover of an older one is void
+        # the routing groups, drains and new replicas of the decision being applied (Engine.apply)
+        self.pending_groups: tuple[list[tuple[float, list[Replica]]], list[Replica], list[Replica]] = ([], [], [])
 
     def pick(self) -> Replica | None:
         """The replica for the next request, or None when the stage has no ready replica."""

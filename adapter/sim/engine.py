@@ -24,6 +24,7 @@ import numpy as np
 
 from adapter.decision.model import Decision, ReplicaGroup
 from adapter.profiling.profile import Profile
+from adapter.sim.budget import BudgetGate, Grow
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable, StagePool
 from adapter.sim.service import NormalStream
 from adapter.spec import GraphSpec
@@ -103,6 +104,9 @@ class Engine:
         # monitoring
         self.cores = 0.0
         self.cores_log: list[tuple[float, float]] = [(0.0, 0.0)]
+        self._gate = BudgetGate(spec.budget_cores)  # changes that add cores, waiting for the budget
+        self._applying = False  # inside apply(): the drains of later stages are not marked yet
+        self._warm = False
         self.latency_log: list[float] = []  # end-to-end seconds of served requests, in completion order
         self.drops = 0
         self.late = 0
@@ -118,6 +122,8 @@ class Engine:
     def _charge(self, delta: float) -> None:
         self.cores += delta
         self.cores_log.append((self.now, self.cores))
+        if delta < 0 and self._gate.waiting:
+            self._admit(force=not self._applying)
 
     # ---------------------------------------------------------------------------------------- configuration
 
@@ -134,52 +140,112 @@ class Engine:
         return table
 
     def apply(self, decision: Decision, warm: bool = False) -> None:
-        """Carry out a decision from now on; `warm`: new replicas are ready at once (the initial deployment)."""
+        """Carry out a decision from now on; `warm`: new replicas are ready at once (the initial deployment).
+
+        The budget holds at every instant: changes that free or keep cores run at once (in place first: the
+        pools reuse running replicas before they start new ones), and a change that adds cores — a new replica,
+        an in-place switch to more cores — runs now only if it fits the budget on top of what is charged;
+        otherwise it waits until replicas that drain or shrink have freed enough (`adapter.sim.budget`).
+        """
+        self._applying = True
+        try:
+            self._apply(decision, warm)
+        finally:
+            self._applying = False
+        self._admit(force=True)
+
+    def _apply(self, decision: Decision, warm: bool) -> None:
         s = self.settings
+        self._gate.forget_switches()
+        plans = []
         for pool, sd in zip(self.pools, (decision.stage(st.name) for st in self.spec.stages), strict=True):
             i = pool.index
-            change = pool.plan(list(sd.replicas), lambda g, i=i: self._config(i, g), s.in_place,  # type: ignore[misc]
-                               s.switch_delay_s, s.resize_delay_s)
+            plans.append((pool, pool.plan(list(sd.replicas), lambda g, i=i: self._config(i, g), s.in_place,  # type: ignore[misc]
+                                          s.switch_delay_s, s.resize_delay_s)))
+        grows: list[Grow] = []
+        for pool, change in plans:
+            i = pool.index
             for r, cfg in change.keep:
                 if r.pending is None or r.config.key == cfg.key:
                     r.pending = None  # a switch away from what is wanted again is called off
                     r.set_config(cfg, self._table(i, cfg))
-                    self._recharge(r, cfg.cores)
+                    if not r.waiting:
+                        self._recharge(r, cfg.cores)
                 else:
                     r.pending = cfg  # still switching to this (variant, cores): the new batch size comes with it
             for r, cfg, delay in change.switch:
-                if delay <= 0:
-                    r.pending = None
+                if r.waiting:  # a replica not started yet simply starts with the new configuration
                     r.set_config(cfg, self._table(i, cfg))
-                    self._recharge(r, cfg.cores)
-                    self._kick(r)
+                elif cfg.cores > r.charged + 1e-9:
+                    grows.append(Grow("switch", r, cfg, delay))  # more cores: only within the budget (below)
                 else:
-                    r.pending = cfg
-                    self._recharge(r, max(r.config.cores, cfg.cores))  # both sessions are held meanwhile
-                    self.at(self.now + delay, SWITCH, (r, cfg))
+                    self._switch(r, cfg, delay)
+        for pool, change in plans:
+            i = pool.index
             started: list[Replica] = []
-            ready_at = self.now
             for cfg in change.start:  # in the order of the empty slots of change.groups
                 r = Replica(next(self._ids), i, cfg, self._table(i, cfg), s.queue_limit, s.on_late,
-                            self.clock, s.ewma_alpha,
-                            s.service_time_deviations)
+                            self.clock, s.ewma_alpha, s.service_time_deviations)
+                r.charged = 0.0
+                r.waiting = True
                 started.append(r)
                 pool.members.append(r)
-                self._charge(cfg.cores)
-                if warm or s.cold_start_s <= 0:
-                    r.ready = True
-                else:
-                    ready_at = self.now + s.cold_start_s
-                    self.at(ready_at, READY, r)
+                grows.append(Grow("start", r, cfg, 0.0))
             fresh = iter(started)
             groups = [(share, [rep if rep is not None else next(fresh) for rep, _ in slot])
                       for share, slot in change.groups]
             pool.epoch += 1
-            if not s.in_place and change.start and change.drain and ready_at > self.now:
-                # A rolling replacement: the old replicas keep serving until the new ones are up.
-                self.at(ready_at, CUTOVER, (pool, pool.epoch, groups, change.drain))
+            pool.pending_groups = (groups, change.drain, started)
+        # what adds cores: now where it fits (make before break), the rest once drains and shrinks free cores
+        self._warm = warm
+        self._gate.waiting += grows
+        self._admit(force=False)
+        for pool, _ in plans:
+            groups, drain, started = pool.pending_groups
+            deferred = any(r.waiting for r in started)
+            ready_at = max((r.ready_at for r in started if not r.waiting), default=self.now)
+            if not s.in_place and started and drain and ready_at > self.now and not deferred:
+                # A rolling replacement: the old replicas keep serving until the new ones are up (both fit).
+                self.at(ready_at, CUTOVER, (pool, pool.epoch, groups, drain))
             else:
-                self._cutover(pool, groups, change.drain)
+                self._cutover(pool, groups, drain)
+
+    def _switch(self, r: Replica, cfg: ReplicaConfig, delay: float) -> None:
+        """Change a running replica in place (after `delay`; both sessions' cores are held meanwhile)."""
+        i = r.stage
+        if delay <= 0:
+            r.pending = None
+            r.set_config(cfg, self._table(i, cfg))
+            self._recharge(r, cfg.cores)
+            self._kick(r)
+        else:
+            r.pending = cfg
+            self._recharge(r, max(r.config.cores, cfg.cores))
+            self.at(self.now + delay, SWITCH, (r, cfg))
+
+    def _admit(self, force: bool = True) -> None:
+        self._gate.admit(lambda: self.cores, self._freeing, self._grow, force)
+
+    def _freeing(self) -> bool:
+        """Whether a replica is draining or switching to fewer cores (cores about to be freed)."""
+        return any(x.draining or (x.pending is not None and x.pending.cores < x.charged - 1e-9)
+                   for pool in self.pools for x in pool.members)
+
+    def _grow(self, g: Grow) -> None:
+        r = g.replica
+        if g.kind == "switch":
+            self._switch(r, g.config, g.delay)
+            return
+        r.waiting = False
+        r.charged = r.config.cores
+        self._charge(r.charged)
+        if self._warm or self.settings.cold_start_s <= 0:
+            r.ready = True
+            r.ready_at = self.now
+            self.pools[r.stage].refresh()
+        else:
+            r.ready_at = self.now + self.settings.cold_start_s
+            self.at(r.ready_at, READY, r)
 
     def _cutover(self, pool: StagePool, groups: list[tuple[float, list[Replica]]], drain: list[Replica]) -> None:
         pool.groups = groups

@@ -21,7 +21,9 @@ What is simulated (details in `adapter.sim.*`):
   predictor, the policy under the shared guards), fed by a simulated monitor (`adapter.control.monitor.Observation`
   built from the engine's counters, CPU use included for `vpa`), and its decision is carried out with the
   costs of the real system: in-place variant and core changes after `switch_delay_s` / `resize_delay_s`, new
-  replicas only after `cold_start_s`, removed replicas draining (`SimSettings`).
+  replicas only after `cold_start_s`, removed replicas draining (`SimSettings`); ordered so that the cores held
+  never pass `budget_cores` (in place first, what frees cores before what takes them, make-before-break only
+  when both fit: `adapter.sim.engine.Engine.apply`; `SimResult.peak_cores`).
 - **Output**: per-second columns (`adapter.sim.metrics`) and the end-to-end latency of every answered request.
 
 A run is a pure function of its inputs and `seed`: the same arguments give the same frame, bit for bit.
@@ -73,6 +75,8 @@ class SimResult:
     """Wall-clock seconds the run took (informational; never part of the results compared)."""
     decide_s: float = 0.0
     """Wall-clock seconds of it spent in the adaptation loop (predictor, policy, solver)."""
+    peak_cores: float = 0.0
+    """The most cores charged at any instant (replicas starting, switching and draining included)."""
 
 
 def known_policies() -> list[str]:
@@ -162,7 +166,8 @@ def simulate(
     latency_ms = (finish[served] - arrivals[served]) * 1000.0 + spec.network_ms
     reasons = np.bincount(np.array(engine.reason, dtype=np.int64), minlength=len(DROP_REASONS) + 1)
     drops = {why: int(reasons[code]) for code, why in DROP_REASONS.items()}
-    return SimResult(label, frame, latency_ms, ticks, drops, kept, time.perf_counter() - wall, decide_s[0])
+    peak = max(c for _, c in engine.cores_log)
+    return SimResult(label, frame, latency_ms, ticks, drops, kept, time.perf_counter() - wall, decide_s[0], peak)
 
 
 def _loop_step(
