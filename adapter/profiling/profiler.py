@@ -25,7 +25,10 @@ restart. Then, per point:
 
 The load generator runs in this process, outside the replica's CPU limit, on the same machine: at the largest
 core counts it competes with the replica for the machine's cores, which the `machine` column notes (`2c`).
-It sends one pre-encoded request body and reads only `queue_ms`/`batch_id` from the answers, to cost little.
+It sends one pre-encoded request body and reads only `queue_ms`/`batch_id` from the answers, to cost little:
+random tensor data for an ONNX stage, and for a speech or text stage what it receives when the pipeline serves
+its requests (`stage_requests`: the spoken sentence, the transcript, the document, the summary, ...), so every
+point is measured at the input length the stage sees.
 On a shared machine, neighbours would take part of the replica's quota and starve the load generator, and the
 profile would measure them: while profiling, the replica's group gets a high CPU weight (the quota still caps
 it) and, where permitted, the load generator a higher priority (nice -10).
@@ -58,8 +61,9 @@ from tqdm import tqdm
 from adapter.errors import SpecError, UsageError
 from adapter.executors.cgroups import detect_cpu_controller
 from adapter.executors.local.replica import ReplicaConfig, ReplicaProcess, stage_template
-from adapter.profiling.closed_loop import LoadResult, drive_load, percentile, request_body
+from adapter.profiling.closed_loop import LoadResult, drive_load, percentile
 from adapter.profiling.profile import Profile, ProfilePoint
+from adapter.profiling.stage_requests import stage_body
 from adapter.spec import GraphSpec, StageSpec
 
 
@@ -236,7 +240,7 @@ async def profile_stage(
         print(f"{path}: every point is measured already (--force measures again)", file=sys.stderr)
         return profile
     template = prepare_models(spec, stage, models_dir)
-    onnx = {v["name"]: Path(v["uri"]) for v in template["parameters"]["extra"]["variants"]}
+    files = {v["name"]: Path(v["uri"]) for v in template["parameters"]["extra"]["variants"]}
     bodies: dict[str, bytes] = {}
     controller = detect_cpu_controller()
     controller.remove_stale()
@@ -269,7 +273,7 @@ async def profile_stage(
                     ReplicaConfig(point.variant, point.batch, point.cores, settings.max_batch_time_ms)
                 )
                 if point.variant not in bodies:
-                    bodies[point.variant] = request_body(onnx[point.variant])
+                    bodies[point.variant] = stage_body(spec, stage, files[point.variant])
                 result = await drive_load(
                     client, f"/v2/models/{stage.name}/infer", bodies[point.variant],
                     settings.load_factor * point.batch, point.batch, warmup_s=settings.warmup_s,
