@@ -27,8 +27,8 @@ The load generator runs in this process, outside the replica's CPU limit, on the
 core counts it competes with the replica for the machine's cores, which the `machine` column notes (`2c`).
 It sends one pre-encoded request body and reads only `queue_ms`/`batch_id` from the answers, to cost little:
 random tensor data for an ONNX stage, and for a speech or text stage what it receives when the pipeline serves
-its requests (`stage_requests`: the spoken sentence, the transcript, the document, the summary, ...), so every
-point is measured at the input length the stage sees.
+the demo's requests (`stage_requests`: the spoken sentence, its transcript, the document, its summary, ...), so
+every point is measured at the input length the stage sees.
 On a shared machine, neighbours would take part of the replica's quota and starve the load generator, and the
 profile would measure them: while profiling, the replica's group gets a high CPU weight (the quota still caps
 it) and, where permitted, the load generator a higher priority (nice -10).
