@@ -218,6 +218,28 @@ async def test_scaling_and_in_place_changes_lose_no_request(cluster: tuple[Local
     assert read_state(c.state_file).stages[0].replicas[0].id == state.stages[0].replicas[0].id
 
 
+async def test_a_change_that_would_pass_the_budget_stops_first(cluster: tuple[LocalCluster, str]) -> None:
+    """On the 2-core budget: ResNet-18 and ResNet-50 on one core each → ResNet-50 on two. Growing first would hold
+    3 cores; the cluster stops ResNet-18 first, then resizes (`adapter.executors.ordering`)."""
+    c, _ = cluster
+    spec = c.spec
+    first = await c.apply(spec, decision(classifier=[group("resnet18", 1, 1, 1, 0.5), group("resnet50", 1, 1, 1, 0.5)]))
+    assert first.ok, first.failed
+    grow = await c.apply(spec, decision(classifier=[group("resnet50", 1, 2, 1)]))
+    assert grow.ok, grow.failed
+    stopped = next(i for i, line in enumerate(grow.applied) if ": stopped " in line)
+    resized = next(i for i, line in enumerate(grow.applied) if "cores 1->2" in line)
+    assert stopped < resized, grow.applied
+    state = await c.state()
+    assert [(r.variant, r.cores) for r in state.stages[0].replicas] == [("resnet50", 2.0)]
+    # and the other way round, when both fit: the new replica serves before the old one leaves
+    back = await c.apply(spec, decision(classifier=[group("resnet50", 1, 1, 1, 0.5), group("resnet18", 1, 1, 1, 0.5)]))
+    assert back.ok, back.failed
+    started = next(i for i, line in enumerate(back.applied) if ": started " in line)
+    shrunk = next(i for i, line in enumerate(back.applied) if "cores 2->1" in line)
+    assert shrunk < started, back.applied  # in place first: the shrink makes the room the new replica takes
+
+
 async def test_a_killed_replica_is_replaced(cluster: tuple[LocalCluster, str],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     c, url = cluster

@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpx
 
@@ -45,7 +45,7 @@ from adapter.decision.model import Decision, StageDecision
 from adapter.errors import UsageError
 from adapter.executors import ApplyResult, StepFailure
 from adapter.executors.cgroups import CpuController, CpuLimitError, detect_cpu_controller
-from adapter.executors.local.plan import match_replicas, replica_targets, variant_shares
+from adapter.executors.local.plan import StagePlan, match_replicas, replica_targets, variant_shares
 from adapter.executors.local.replica import HOST, ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
 from adapter.executors.local.settings import LocalClusterSettings
 from adapter.executors.local.stages import ClusterReplica, ClusterStage, RouteTarget
@@ -60,6 +60,7 @@ from adapter.executors.local.state import (
     write_state,
     write_text_atomic,
 )
+from adapter.executors.ordering import CoreChange, phases
 from adapter.spec import GraphSpec
 
 T = TypeVar("T")
@@ -179,7 +180,7 @@ class LocalCluster:
             raise RuntimeError("LocalCluster.apply() needs a started cluster (use `async with` or start())")
         result = ApplyResult()
         async with self._lock:
-            jobs = []
+            plans = []
             for sd in decision.stages:
                 st = self._stages.get(sd.name)
                 if st is None:
@@ -187,51 +188,65 @@ class LocalCluster:
                     continue
                 with contextlib.suppress(KeyError):
                     st.spec = spec.stage(sd.name)
-                jobs.append(self._apply_stage(st, sd, result))
-            await asyncio.gather(*jobs)
+                plan = self._plan_stage(st, sd, result)
+                if plan is not None:
+                    plans.append(plan)
+            held = sum(r.process.config.cores for st in self._stages.values() for r in st.replicas
+                       if r.phase in ("starting", "ready", "draining"))
+            order = phases([c for p in plans for c in p.changes()], spec.budget_cores, held)
+            # in place first, then what adds cores and fits, the stops, and what adds cores once they are done
+            await asyncio.gather(*(self._run(p, c, result) for p in plans for c in order.in_place if p.owns(c)))
+            await asyncio.gather(*(self._run(p, c, result) for p in plans for c in order.make if p.owns(c)))
+            await asyncio.gather(*(self._leave(p, result) for p in plans))
+            if order.after:
+                result.applied.append(f"{len(order.after)} change(s) that add cores waited for the stops (budget "
+                                      f"{spec.budget_cores:g} cores)")
+            await asyncio.gather(*(self._run(p, c, result) for p in plans for c in order.after if p.owns(c)))
         self._last = result
         await self._write_state()
         return result
 
-    async def _apply_stage(self, st: ClusterStage, sd: StageDecision, result: ApplyResult) -> None:
+    def _plan_stage(self, st: ClusterStage, sd: StageDecision, result: ApplyResult) -> StagePlan | None:
         known = {v["name"] for v in st.template.get("parameters", {}).get("extra", {}).get("variants", [])}
         unknown = sorted({g.variant for g in sd.replicas} - known)
         if unknown:
             result.failed.append(StepFailure(f"stage {st.name}", "apply", f"unknown variants {unknown}"))
-            return
+            return None
         targets = replica_targets(sd, st.spec.max_batch_time_ms)
         st.targets = targets
         live = [r for r in st.replicas if r.phase == "ready"]
         pairs, to_start, to_stop = match_replicas([r.process.config for r in live], targets)
-        target = f"stage {st.name}"
+        return StagePlan(st, sd, targets, live, pairs, to_start, to_stop)
 
-        # 1. New replicas first, so capacity never dips; each joins the router once ready.
-        started = await asyncio.gather(*(self._start_replica(st, targets[t], result) for t in to_start))
-        failed_starts = sum(1 for r in started if r is None)
-
-        # 2. In-place changes of the replicas that stay.
-        async def change(r: ClusterReplica, cfg: ReplicaConfig) -> None:
+    async def _run(self, p: StagePlan, change: CoreChange, result: ApplyResult) -> None:
+        """One start or in-place change of a stage's plan."""
+        _, kind, c, t = cast("tuple[StagePlan, str, int, int]", change.key)
+        if kind == "start":
+            if await self._start_replica(p.st, p.targets[t], result) is None:
+                p.failed_starts += 1
+        elif kind == "pair":
+            r, cfg = p.live[c], p.targets[t]
             what = f"reconfigure {r.process.id} to {cfg.variant} b{cfg.batch} {cfg.cores:g} cores"
-            changed = await self._attempt(target, what, lambda: r.process.reconfigure(cfg), result)
+            changed = await self._attempt(f"stage {p.st.name}", what, lambda: r.process.reconfigure(cfg), result)
             if changed:
                 result.applied.append(f"{r.process.id}: {', '.join(changed)}")
-                await self._publish(st)
+                await self._publish(p.st)
 
-        await asyncio.gather(*(change(live[c], targets[t]) for c, t in pairs))
-
-        # 3. Decided shares, and the replicas to stop leave the router (keep as many as new ones failed).
-        st.shares = shares = variant_shares(sd)
-        stopping = [live[c] for c in to_stop][failed_starts:]
+    async def _leave(self, p: StagePlan, result: ApplyResult) -> None:
+        """The decided shares; the replicas to stop leave the router (as many kept as new ones failed), drain and
+        stop."""
+        st = p.st
+        st.shares = shares = variant_shares(p.sd)
+        stopping = [p.live[c] for c in p.to_stop][p.failed_starts:]
         for r in stopping:
             r.phase = "draining"
+
         async def publish() -> bool:
             await self._publish(st)
             return True
 
-        if await self._attempt(target, "update router", publish, result):
-            result.applied.append(f"{target}: shares {', '.join(f'{v}={s:.2f}' for v, s in shares.items())}")
-
-        # 4. Drain and stop what is no longer needed.
+        if await self._attempt(f"stage {st.name}", "update router", publish, result):
+            result.applied.append(f"stage {st.name}: shares {', '.join(f'{v}={x:.2f}' for v, x in shares.items())}")
         await asyncio.gather(*(self._drain_and_stop(st, r, result) for r in stopping))
 
     async def _attempt(

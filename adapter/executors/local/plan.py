@@ -1,12 +1,16 @@
 """How the replicas of a stage become the decided ones: which running replica takes which decided slot, which
-are started, which are stopped, and how the stage's load is split by variant. Plain functions, no I/O."""
+are started, which are stopped, and how the stage's load is split by variant. Plain functions and data, no I/O;
+`StagePlan.changes` states each step's cores so the cluster can order them within the budget."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from adapter.decision.model import StageDecision
 from adapter.executors.local.replica import ReplicaConfig
+from adapter.executors.local.stages import ClusterReplica, ClusterStage
+from adapter.executors.ordering import CoreChange
 
 
 def replica_targets(decision: StageDecision, max_batch_time_ms: float) -> list[ReplicaConfig]:
@@ -46,3 +50,30 @@ def match_replicas(
                     free_t.remove(t)
                     break
     return pairs, free_t, free_c
+
+
+@dataclass
+class StagePlan:
+    """One stage's part of applying a decision: the running replicas paired with decided ones, what starts and
+    what stops; `changes()` says what each does to the cores held (`adapter.executors.ordering`)."""
+
+    st: ClusterStage
+    sd: StageDecision
+    targets: list[ReplicaConfig]
+    live: list[ClusterReplica]
+    pairs: list[tuple[int, int]]
+    to_start: list[int]
+    to_stop: list[int]
+    failed_starts: int = 0
+
+    def owns(self, change: CoreChange) -> bool:
+        key = change.key
+        return isinstance(key, tuple) and key[0] is self
+
+    def changes(self) -> list[CoreChange]:
+        """Keys `(plan, "pair" | "start" | "stop", current index, target index)`, in this order."""
+        out = [CoreChange((self, "pair", c, t), self.live[c].process.config.cores, self.targets[t].cores)
+               for c, t in self.pairs]
+        out += [CoreChange((self, "start", -1, t), 0.0, self.targets[t].cores) for t in self.to_start]
+        out += [CoreChange((self, "stop", c, -1), self.live[c].process.config.cores, 0.0) for c in self.to_stop]
+        return out
