@@ -264,6 +264,8 @@ class PipelineRouter:
             payload = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
             payload = {"error": resp.text[:200]}
+        if not isinstance(payload, dict) or not isinstance(payload.get("outputs", []), list):
+            raise PipelineError(502, f"stage {stage!r} answered HTTP {resp.status_code} with no V2 response")
         if resp.status_code == 200:
             return payload
         message = payload.get("error") or payload.get("detail") or resp.text[:200]
@@ -377,9 +379,7 @@ class RouterClient:
         await self._client.aclose()
 
 
-KEEP_ALIVE_S = 75
-"""Seconds an idle connection is kept: longer than clients keep theirs (httpx: 5 s), so a client never sends on
-a connection the server is closing."""
+KEEP_ALIVE_S = 75  # idle connections kept longer than clients keep theirs (httpx: 5 s): none sends on a closing one
 
 
 @contextlib.asynccontextmanager

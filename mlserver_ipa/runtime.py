@@ -55,12 +55,14 @@ from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 from mlserver_ipa.session import Session, SessionHolder
 from mlserver_ipa.settings import (
+    THREADS_PER_CORE,
     ControlRequest,
     ControlState,
     RequestSLO,
     RuntimeSettings,
     VariantInfo,
     describe_validation_error,
+    machine_threads,
 )
 from mlserver_ipa.tensors import decode_inputs, encode_outputs, requested_outputs
 
@@ -99,6 +101,9 @@ class VariantRuntime(MLModel):
             self.config = RuntimeSettings.model_validate(extra)
         except ValidationError as e:
             raise ValueError(f"model {settings.name}: parameters.extra: {describe_validation_error(e)}") from e
+        if self.config.threads > machine_threads():
+            raise ValueError(f"model {settings.name}: parameters.extra: threads {self.config.threads} is more than "
+                             f"this machine takes ({machine_threads()})")
         source = getattr(settings, "_source", None)
         self._folder = Path(source).parent if source else Path.cwd()
         self._clock = time.monotonic
@@ -311,6 +316,9 @@ class VariantRuntime(MLModel):
             current = self._sessions.active
             variant = change.variant or current.variant
             threads = change.threads or current.threads
+            if threads > machine_threads():
+                raise InvalidControl(f"threads: {threads} is more than this machine takes ({machine_threads()}: "
+                                     f"{THREADS_PER_CORE} per core)")
             batch_size = change.batch_size or cfg.batch_size
             if (variant, threads) != current.config:
                 t0 = self._clock()

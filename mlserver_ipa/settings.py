@@ -26,8 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 OnLate = Literal["drop", "serve"]
 
 THREADS_PER_CORE = 2
-"""Most onnxruntime threads per core of this machine a replica may be given (more only adds switching)."""
-MAX_THREADS = THREADS_PER_CORE * (os.cpu_count() or 1)
+"""Most onnxruntime threads per core of the machine a replica runs on (more only adds switching); the runtime
+checks it where it runs (`machine_threads`), the formats only bound it by `MAX_THREADS`."""
+MAX_THREADS = 256
+
+
+def machine_threads() -> int:
+    """Most threads a replica on this machine may be given: `THREADS_PER_CORE` × its cores."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
 MAX_BATCH_SIZE = 1024
 """Largest batch a replica may be set to: far past any profiled point, small enough to allocate."""
 MAX_BATCH_TIME_MS = 10_000.0
@@ -139,7 +145,7 @@ class ControlRequest(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
     max_batch_time_ms: float | None = Field(default=None, ge=0, le=MAX_BATCH_TIME_MS)
     threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
-    """At most `THREADS_PER_CORE` × this machine's cores."""
+    """At most `THREADS_PER_CORE` × the cores of the machine the replica runs on (the runtime checks)."""
     queue_limit: int | None = Field(default=None, ge=1, le=MAX_QUEUE_LIMIT)
     on_late: OnLate | None = None
 

@@ -131,7 +131,7 @@ def test_rendered_deployment_validates_and_chains_the_stages(source: Path | str,
         res = container["resources"]
         assert res["requests"]["cpu"] == res["limits"]["cpu"] == cpu_quantity(static.cores)
         assert container["resizePolicy"] == [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") or e["valueFrom"] for e in container["env"]}
         assert env["MLSERVER_MODEL_IMPLEMENTATION"] == RUNTIME_IMPLEMENTATION
         runtime = RuntimeSettings.model_validate(json.loads(env["MLSERVER_MODEL_EXTRA"]))  # the runtime's own model
         assert (runtime.active, runtime.batch_size, runtime.threads) == (static.variant, static.batch,
@@ -371,7 +371,8 @@ def test_dockerfiles_copy_what_exists_and_agree_with_the_rendered_pods() -> None
     assert f"MLSERVER_MODEL_IMPLEMENTATION={RUNTIME_IMPLEMENTATION}" in runtime
     assert f"MLSERVER_METRICS_PORT={METRICS_PORT}" in runtime and f"MLSERVER_METRICS_ENDPOINT={METRICS_PATH}" in runtime
     assert RenderOptions().models_dir in runtime
-    assert 'CMD ["mlserver", "start", "/opt/ipa/serve"]' in runtime
+    assert 'CMD ["python", "-m", "mlserver_ipa.server", "/opt/ipa/serve"]' in runtime  # mlserver start, guarded
+    assert "MLSERVER_HOST=0.0.0.0" in runtime  # a pod listens on its own address, not loopback
     assert 'ENTRYPOINT ["ipa"]' in adapter
     for name in ("runtime", "adapter"):
         ignore = (MANIFESTS / f"Dockerfile.{name}.dockerignore").read_text().split()

@@ -63,7 +63,7 @@ def test_families_carry_the_model_card_accuracies() -> None:
 
 def test_repository_layout_is_what_mlserver_and_the_runtime_read(repo: Path) -> None:
     assert json.loads((repo / "settings.json").read_text()) == {
-        "parallel_workers": 0, "debug": False, "http_port": 8080, "grpc_port": 8081, "metrics_port": 8082,
+        "parallel_workers": 0, "debug": False, "host": "127.0.0.1", "http_port": 8080, "grpc_port": 8081, "metrics_port": 8082,
     }
     Settings.model_validate_json((repo / "settings.json").read_text())
     raw = json.loads((repo / "resnet" / "model-settings.json").read_text())

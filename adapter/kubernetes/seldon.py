@@ -45,6 +45,9 @@ LABEL_GRAPH, LABEL_STAGE, LABEL_PREDICTOR = "ipa/graph", "ipa/stage", "ipa/predi
 ANNOTATION_PLAN = "ipa/plan"
 RUNTIME_IMPLEMENTATION = "mlserver_ipa.runtime.VariantRuntime"
 ENV_EXTRA = "MLSERVER_MODEL_EXTRA"
+TOKEN_SECRET, TOKEN_SECRET_KEY = "ipa-token", "token"
+"""The Secret holding the pipeline's token: `kubectl create secret generic ipa-token --from-literal=token=...`;
+the runtime containers and the adapter read it as `$IPA_TOKEN`."""
 # Fixed ports: every stage runs in its own pod, so they never clash, and a PodMonitor can name them.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 9000, 9500, 6000
 METRICS_PATH = "/prometheus"  # Seldon's default MLSERVER_METRICS_ENDPOINT
@@ -290,6 +293,8 @@ def _container(stage: StageSpec, config: ReplicaConfig, options: RenderOptions) 
             {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": RUNTIME_IMPLEMENTATION},
             {"name": ENV_EXTRA, "value": extra},
             {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+            # the pipeline's token, which control changes need (mlserver_ipa.auth): one Secret per namespace
+            {"name": "IPA_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": TOKEN_SECRET_KEY}}},
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},

@@ -30,7 +30,9 @@ from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES
 from mlserver_ipa.zoo.verify import verify_model
 
 RUNTIME = "mlserver_ipa.runtime.VariantRuntime"
-SERVER_SETTINGS = {"parallel_workers": 0, "debug": False, "http_port": 8080, "grpc_port": 8081, "metrics_port": 8082}
+SERVER_SETTINGS = {"parallel_workers": 0, "debug": False, "host": "127.0.0.1", "http_port": 8080, "grpc_port": 8081,
+                   "metrics_port": 8082}
+"""Loopback unless the user says otherwise (MLServer's own default is every interface)."""
 BUILD_RECORD = "build.json"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
