@@ -642,6 +642,35 @@ async def test_pods_that_shrink_are_resized_before_pods_that_grow(
     assert det.posts == [{"threads": 2}] and cls.posts == [{"threads": 1}]
 
 
+async def test_a_pod_grows_only_within_the_budget(
+        kmock: kmock_lib.KubernetesEmulator, client: KubernetesClient, vtime: VirtualTime, kubelet: Kubelet) -> None:
+    """On a 2-core budget with two 1-core pods: detector 1.5 + classifier 0.5 fits once the classifier shrank
+    (it goes first); detector 1.5 with the classifier kept at 1 would hold 2.5, so the detector keeps its core this
+    interval and the step is reported retryable."""
+    spec = graph("video", ["detector", "classifier"]).model_copy(update={"budget_cores": 2.0})
+    for classifier_cores, grows in ((0.5, True), (1.0, False)):
+        kmock.objects.clear()
+        cluster = Cluster(kmock, spec, decision([("detector", [("resnet18", 1, 1, 1, 1.0)]),
+                                                 ("classifier", [("resnet18", 1, 1, 1, 1.0)])]))
+        containers = [cs["spec"]["containers"][0]
+                      for cs in cluster.rendered["spec"]["predictors"][0]["componentSpecs"]]
+        async with ControlServer("detector", runtime_state_of(containers[0])) as det, \
+                ControlServer("classifier", runtime_state_of(containers[1])) as cls:
+            cluster.pod(0, 0, 0, det.port)
+            cluster.pod(0, 1, 0, cls.port)
+            before = len(patches(kmock, "resize"))
+            result = await executor(client, vtime).apply(spec, decision([
+                ("detector", [("resnet18", 1, 1.5, 1, 1.0)]), ("classifier", [("resnet18", 1, classifier_cores, 1, 1.0)])]))
+        resized = [r.name for r in patches(kmock, "resize")][before:]
+        if grows:
+            assert result.ok, result.failed
+            assert resized == ["video-default-1-classifier-0", "video-default-0-detector-0"]  # shrink first
+        else:
+            (failure,) = result.failed
+            assert failure.retryable and failure.reason.startswith("waits for the budget: 2 of 2 cores held")
+            assert resized == [] and det.posts == []  # no resize and no thread change: it keeps its core
+
+
 async def test_pods_keep_the_variant_they_run_when_a_stage_runs_several(
         kmock: kmock_lib.KubernetesEmulator, client: KubernetesClient, vtime: VirtualTime, kubelet: Kubelet) -> None:
     spec = graph("video", ["detector", "classifier"])

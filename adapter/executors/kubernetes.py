@@ -13,7 +13,9 @@ Two modes:
   until the kubelet has actuated it (pod conditions `PodResizePending` / `PodResizeInProgress`; `Infeasible` is
   reported at once, `Deferred` after `resize_timeout_s`), and then its variant, batch size, batch window and
   thread count (one per core it now has) through the runtime's control endpoint. No pod restarts. Pods that
-  shrink go first, so the CPU they free is there for the pods that grow.
+  shrink go first, so the CPU they free is there for the pods that grow; a pod grows only while every pod's
+  CPU (pending and terminating ones included) stays within `budget_cores`, else it keeps its CPU this interval
+  and the step is reported retryable (`adapter.executors.ordering` states the rule the local executor follows).
 - `rollout` (IPA's original way): variant, batch, threads and CPU go into the pod template of the
   SeldonDeployment too, and Seldon rolls the pods.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from adapter.decision.model import Decision
@@ -256,7 +258,21 @@ class KubernetesExecutor:
                 jobs += _assign(known, c.stage, c.groups)
         shrinking = [j for j in jobs if j.cores is not None and j.config.cores < j.cores - 1e-9]
         await asyncio.gather(*(self._configure(j, result) for j in shrinking))
-        await asyncio.gather(*(self._configure(j, result) for j in jobs if j not in shrinking))
+        # what grows only within the budget, on top of every pod's CPU (pending and terminating pods hold theirs)
+        held = sum(_pod_cpu(pod) for pod in pods) - sum((j.cores or 0.0) - j.config.cores for j in shrinking)
+        rest = []
+        for j in (j for j in jobs if j not in shrinking):
+            grow = j.config.cores - (j.cores or 0.0) if j.cores is not None else 0.0
+            if grow > 1e-9 and held + grow > spec.budget_cores * (1 + 1e-9) + 1e-9:
+                result.failed.append(StepFailure(
+                    f"pod/{j.name}", f"resize cpu to {cpu_quantity(j.config.cores)}",
+                    f"waits for the budget: {held:g} of {spec.budget_cores:g} cores held; resized at the next "
+                    "interval, once pods that shrink or stop have freed them", retryable=True))
+                j = _PodJob(j.pod, j.stage, replace(j.config, cores=j.cores or j.config.cores), j.state)
+            else:
+                held += max(grow, 0.0)
+            rest.append(j)
+        await asyncio.gather(*(self._configure(j, result) for j in rest))
 
     def _base_url(self, pod: Mapping[str, Any], stage: str) -> str:
         container = _container(pod, stage)
@@ -338,6 +354,17 @@ class KubernetesExecutor:
                     target, action, f"resize {what} after {self.settings.resize_timeout_s:g} s: {message}", True))
                 return actual
             await self._sleep(self.settings.poll_interval_s)
+
+
+def _pod_cpu(pod: Mapping[str, Any]) -> float:
+    """The CPU a pod of the pipeline holds: its stage container's request (limit), 0 when it states none."""
+    stage = _labels(pod).get(LABEL_STAGE)
+    if not stage:
+        return 0.0
+    try:
+        return _cpu(_container(pod, stage).get("resources")) or 0.0
+    except (KeyError, StopIteration, TypeError, ValueError):
+        return 0.0
 
 
 def _labels(pod: Mapping[str, Any]) -> Mapping[str, str]:
