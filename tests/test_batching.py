@@ -275,6 +275,31 @@ async def test_batcher_loop_serves_in_plan_order() -> None:
     assert math.isclose(clock.t, 0.030)
 
 
+async def test_the_batcher_loop_survives_an_execute_that_raises() -> None:
+    """A batch whose execution raises (answered by execute itself) must not stop the loop: the next is served."""
+    clock = Clock()
+    q: DeadlineQueue[str] = DeadlineQueue(100, clock)
+    served: list[list[str]] = []
+    done = asyncio.Event()
+
+    async def execute(batch: list[Entry[str]]) -> None:
+        clock.t += 0.010
+        if names(batch) == ["a"]:
+            raise RuntimeError("onnxruntime fell over")
+        served.append(names(batch))
+        done.set()
+
+    batcher = Batcher(q, BatchPolicy(batch_size=1), clock=clock, service_time=linear(0.005),
+                      execute=execute, reject=lambda r: None)
+    batcher.submit("a", deadline=1.0)
+    batcher.submit("b", deadline=2.0)
+    task = asyncio.create_task(batcher.run())
+    await asyncio.wait_for(done.wait(), 10)
+    assert not task.done()  # still running
+    task.cancel()
+    assert served == [["b"]] and batcher.in_flight == 0
+
+
 def test_an_idle_replica_whose_estimate_rules_out_everyone_still_tries_the_most_urgent() -> None:
     # A run of slow batches pushed the estimate (50 ms) past every deadline: without a last chance the replica
     # would reject everything, measure nothing and never recover.

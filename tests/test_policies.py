@@ -247,6 +247,21 @@ def test_budget_guard_trims_an_over_budget_configuration() -> None:
     assert any(n.startswith("budget:") for n in d.notes)
 
 
+def test_budget_guard_takes_cpu_steps_when_no_stage_has_a_replica_to_spare() -> None:
+    top = {
+        "budget_cores": 5.0,
+        "stages": [
+            stage("detector", YOLO, static={"variant": "yolov5m", "cores": 4.0, "replicas": 1}),
+            stage("classifier", RESNET, static={"variant": "resnet50", "cores": 2.0}),
+        ],
+    }
+    d = decide(ctx(5.0), config("static", spec_changes=top))[0]
+    # one replica per stage: the guard takes 0.25-core steps from the largest replica, 4 -> 3 cores
+    assert [(g[0], g[2], g[3]) for g in groups(d)["detector"]] == [("yolov5m", 3.0, 1)]
+    assert [(g[0], g[2], g[3]) for g in groups(d)["classifier"]] == [("resnet50", 2.0, 1)]
+    assert "budget: 6 cores -> 5 (budget 5)" in d.notes
+
+
 def test_cpu_step_rounding_and_bounds() -> None:
     top = {
         "stages": [
