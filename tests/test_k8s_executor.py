@@ -742,3 +742,52 @@ async def test_a_runtime_that_refuses_a_change_is_reported(
     assert (failure.target, failure.action, failure.retryable) == (
         f"pod/{pod['metadata']['name']}", "variant resnet18 -> resnet50", False)
     assert failure.reason == "runtime refused: HTTP 422: unknown variant 'resnet50'; model detector has: resnet18"
+
+
+# -- the client at the edge: its configuration, throttling, no answer ---------------------------------------
+
+
+async def test_the_client_is_made_from_a_kubeconfig(kmock: kmock_lib.KubernetesEmulator, tmp_path: Path) -> None:
+    spec = graph("video", ["detector"])
+    Cluster(kmock, spec)
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+              "clusters": [{"name": "emulator", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+              "users": [{"name": "adapter", "user": {"token": "a-service-account-token"}}],
+              "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "adapter"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    client = KubernetesClient.from_config(str(path))
+    try:
+        got = await client.get_seldon_deployment(NS, "video")
+        assert got["metadata"]["name"] == "video"
+    finally:
+        client.close()
+    from adapter.errors import UsageError
+
+    with pytest.raises(UsageError, match="no Kubernetes configuration"):
+        KubernetesClient.from_config(str(tmp_path / "missing"))
+
+
+async def test_throttling_by_the_api_server_is_reported_as_retryable(
+        kmock: kmock_lib.KubernetesEmulator, client: KubernetesClient, vtime: VirtualTime) -> None:
+    spec = graph("video", ["detector"])
+    Cluster(kmock, spec)
+    kmock["get", SDEP_RESOURCE] << 429 << status(429, "TooManyRequests", "slow down")
+    result = await executor(client, vtime).apply(spec, decision([("detector", [("resnet50", 1, 1, 1, 1.0)])]))
+    (failure,) = result.failed
+    assert (failure.target, failure.retryable) == ("seldondeployment/video", True)
+    assert failure.reason.startswith("429") and "slow down" in failure.reason
+    assert result.applied == []
+
+
+async def test_an_api_server_that_does_not_answer_is_reported_as_retryable(vtime: VirtualTime) -> None:
+    from conftest import free_port
+
+    spec = graph("video", ["detector"])
+    client = KubernetesClient.for_url(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        result = await executor(client, vtime).apply(spec, decision([("detector", [("resnet50", 1, 1, 1, 1.0)])]))
+    finally:
+        client.close()
+    (failure,) = result.failed
+    assert failure.retryable and failure.reason.startswith("no answer:"), failure.reason
