@@ -52,9 +52,10 @@ def direct(folder: Path, variant: str, threads: int, bodies: list[dict], batch: 
         req = InferenceRequest.model_validate(body)
         params = {k: v for k, v in (body.get("parameters") or {}).items() if isinstance(v, str)}
         feeds.append(decode_inputs(req.inputs, session.inputs, 64, "output", params)[0])
-    session.run_sync([feeds[0]])  # warm-up
     out = {}
     for b in (1, batch):
+        for i in range(len(feeds)):  # warm-up: every input length once, as the server's first requests are
+            session.run_sync([feeds[(i + j) % len(feeds)] for j in range(b)])
         t0 = time.perf_counter()
         done = 0
         while done < requests:
