@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from mlserver_ipa.audio import check_waveforms, warmup_waveform
-from mlserver_ipa.session import spec_of
 from mlserver_ipa.settings import SequenceLimits
 from mlserver_ipa.tasks import SAMPLING_RATE, TENSORS, task_of
+from mlserver_ipa.tensor_spec import spec_of
 from mlserver_ipa.text import length_buckets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model folders are local; never reach for a hub
