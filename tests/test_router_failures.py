@@ -1,7 +1,7 @@
 """The router's failure paths against real replicas: a replica that answers 503 (its queue is full) is retried
 on another one, a hung replica (stopped with SIGSTOP) becomes a 504 within the deadline (its request counted as
-an arrival while it is still unanswered), and a deadline that runs out between two stages is answered 504
-before the second stage is called."""
+an arrival while it is still unanswered), a deadline that runs out between two stages is answered 504 before
+the second stage is called, and a stage whose model has no `output` tensor to pass on is a 502 naming it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from conftest import SMALL_RESOLUTION, MLServer, write_model_settings
+from onnx import TensorProto, helper
 
 from mlserver_ipa.client import V2Client
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
@@ -114,3 +116,49 @@ async def test_a_deadline_gone_between_stages_is_a_504_before_the_next(late: MLS
     second = router.registry.get_sample_value("ipa_router_stage_requests_total", {
         "pipeline": "two", "stage": "second", "variant": "resnet18", "code": "200"})
     assert second is None  # never called
+
+
+@pytest.fixture(scope="module")
+def no_output(start_mlserver: Callable[..., MLServer], tmp_path_factory: pytest.TempPathFactory) -> MLServer:
+    """A real runtime serving a model whose only output is named `logits`, not `output`."""
+    repo = tmp_path_factory.mktemp("no-output")
+    (repo / "tiny").mkdir()
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, R, R])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, R, R])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(repo / "tiny" / "tiny.onnx"))
+    (repo / "tiny" / "model-settings.json").write_text(
+        '{"name": "tiny", "implementation": "mlserver_ipa.runtime.VariantRuntime", "parameters": {"extra": '
+        '{"variants": [{"name": "identity", "uri": "tiny.onnx"}]}}}')
+    # and one that onnxruntime fails on for any request of more than one row, which every check lets through
+    (repo / "one-row").mkdir()
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3 * R * R])
+    graph = helper.make_graph([helper.make_node("Reshape", ["input", "shape"], ["output"])], "one-row",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, R, R])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3 * R * R])],
+                              initializer=[shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(repo / "one-row" / "one-row.onnx"))
+    (repo / "one-row" / "model-settings.json").write_text(
+        '{"name": "one-row", "implementation": "mlserver_ipa.runtime.VariantRuntime", "parameters": {"extra": '
+        '{"variants": [{"name": "reshape", "uri": "one-row.onnx"}]}}}')
+    return start_mlserver(repo)
+
+
+def test_an_inference_failure_is_a_500_and_the_replica_keeps_serving(no_output: MLServer) -> None:
+    url = f"{no_output.http_url}/v2/models/one-row/infer"
+    failed = httpx.post(url, json=image_request(rows=2), timeout=60)
+    assert failed.status_code == 500 and set(failed.json()) == {"error"}, failed.text
+    assert "reshape: inference failed" in failed.json()["error"]
+    assert httpx.post(url, json=image_request(rows=1), timeout=60).status_code == 200
+
+
+async def test_a_stage_answering_without_output_is_a_502_naming_it(no_output: MLServer, free: MLServer) -> None:
+    router = PipelineRouter("two", ["first", "second"])
+    await router.update_stage("first", StageRoute(model="tiny", groups=[group("identity", 1.0, ("f-0", no_output.http_url))]))
+    await router.update_stage("second", StageRoute(model="resnet", groups=[group("resnet18", 1.0, ("s-0", free.http_url))]))
+    async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
+        resp = await c.post("/v2/models/two/infer", json=image_request())
+    assert resp.status_code == 502, resp.text
+    assert "stage 'first' answered without an `output` tensor" in resp.json()["error"]
