@@ -209,6 +209,16 @@ def plan_batch(queue: DeadlineQueue[T], now: float, policy: BatchPolicy, service
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a request arriving at `now` cannot meet its deadline: it could start at `start` at the earliest and
+    its rows take `service` seconds."""
+
+    now: float
+    start: float
+    service: float
+
+
+@dataclass(frozen=True)
 class Rejection(Generic[T]):
     """Why a request is answered without being served."""
 
@@ -256,16 +266,26 @@ class Batcher(Generic[T]):
         self._policy = policy
         self._wakeup.set()
 
+    def refuses(self, *, deadline: float, rows: int = 1) -> Refusal | None:
+        """Why a request of `rows` arriving now would be rejected for its deadline (`on_late="drop"`), else None.
+
+        Nothing is queued or answered: the replica's HTTP layer asks this before the request's body is read."""
+        if self._policy.on_late != "drop":
+            return None
+        now = self._clock()
+        service = self._service_time(rows)
+        if not rejects_on_arrival(now, self._busy_until, self.queue.rows, deadline, service):
+            return None
+        return Refusal(now, now if self._busy_until is None else max(now, self._busy_until), service)
+
     def submit(self, item: T, *, deadline: float = math.inf, priority: int = 0, rows: int = 1) -> None:
         """Queue a request, or reject it at once if it cannot meet its deadline or does not fit."""
         now = self._clock()
-        if self._policy.on_late == "drop":
-            service = self._service_time(rows)
-            if rejects_on_arrival(now, self._busy_until, self.queue.rows, deadline, service):
-                start = now if self._busy_until is None else max(now, self._busy_until)
-                entry = Entry(item, deadline, priority, now, rows)
-                self._reject(Rejection(entry, "deadline", now, start, service))
-                return
+        refused = self.refuses(deadline=deadline, rows=rows)
+        if refused is not None:
+            entry = Entry(item, deadline, priority, now, rows)
+            self._reject(Rejection(entry, "deadline", refused.now, refused.start, refused.service))
+            return
         left_out = self.queue.push(item, deadline=deadline, priority=priority, rows=rows)
         if left_out is not None:
             self._reject(Rejection(left_out, "overloaded", now))

@@ -13,7 +13,7 @@ Names and labels (every series has `model`; per-variant ones also `variant`):
     ipa_batch_size                   histogram  rows per onnxruntime call
     ipa_requests_served_total        counter    answered with outputs
     ipa_requests_dropped_total       counter    label reason="deadline" | "overloaded"
-    ipa_deadline_misses_total        counter    served after their deadline
+    ipa_deadline_misses_total        counter    served after their deadline (answered 504 with on_late: drop)
     ipa_queue_length                 gauge      requests waiting
     ipa_active_variant               gauge      1 for the active variant, 0 for the others
     ipa_threads                      gauge      onnxruntime intra-op threads (the cores the replica uses)

@@ -127,6 +127,7 @@ class StageStatus(BaseModel):
     model: str | None
     ready: bool = Field(description="at least one replica to send requests to")
     replicas: list[ReplicaStatus]
+    waiting: int = Field(default=0, description="requests waiting at the router for a free slot on a replica")
 
 
 class RouterStatus(BaseModel):
@@ -178,12 +179,26 @@ class RouteTable:
         route = self.routes.get(stage)
         return route is not None and any(g.replicas for g in route.groups)
 
-    def pick(self, stage: str, exclude: Collection[str] = ()) -> Pick | None:
-        """The replica for the next request of `stage`, avoiding `exclude` (replicas that just failed it)."""
+    def replica_ids(self, stage: str) -> list[str]:
+        route = self.routes.get(stage)
+        return [] if route is None else [r.id for g in route.groups for r in g.replicas]
+
+    def batch_size_of(self, stage: str, replica_id: str) -> int | None:
+        """The batch size of the group the replica is routed in (None: not given, or no longer routed)."""
         route = self.routes.get(stage)
         if route is None:
             return None
-        groups = [(g, [r for r in g.replicas if r.id not in exclude]) for g in route.groups]
+        return next((g.batch_size for g in route.groups for r in g.replicas if r.id == replica_id), None)
+
+    def pick(self, stage: str, exclude: Collection[str] = (),
+             admit: Callable[[str], bool] | None = None) -> Pick | None:
+        """The replica for the next request of `stage`, avoiding `exclude` (replicas that just failed it) and,
+        with `admit`, replicas it refuses (e.g. those without a free slot)."""
+        route = self.routes.get(stage)
+        if route is None:
+            return None
+        groups = [(g, [r for r in g.replicas if r.id not in exclude and (admit is None or admit(r.id))])
+                  for g in route.groups]
         groups = [(g, rs) for g, rs in groups if rs]
         if not groups:
             return None

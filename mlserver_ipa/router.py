@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -43,6 +45,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mlserver_ipa.auth import WriteAuth, bearer, load_token
+from mlserver_ipa.deadlines import (
+    DEADLINE_HEADER,
+    DEADLINE_PARAM,
+    RELATIVE_PARAM,
+    BadDeadline,
+    Clocks,
+    absolute_deadline,
+    format_epoch_ms,
+    parse_epoch_ms,
+)
+from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
 from mlserver_ipa.limits import LimitsMiddleware, RequestLimits
 from mlserver_ipa.protocol import uvicorn_options
 from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
@@ -61,6 +74,15 @@ class PipelineError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When a request came in (before its body was read) and the deadline header it came with."""
+
+    monotonic: float
+    epoch_ms: float
+    deadline_header: str | None = None
 
 
 class _Retry(Exception):
@@ -92,10 +114,12 @@ class PipelineRouter:
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
         upstreams: Upstreams | None = None,
+        dispatch: DispatchSettings | None = None,
     ) -> None:
         """`retries`: other replicas tried after one that failed; `timeout_s`: longest wait for a stage when
         the request carries no deadline; `registry`: where the metrics go (a fresh one when None);
-        `upstreams`: where routes may send requests (loopback replicas when None)."""
+        `upstreams`: where routes may send requests (loopback replicas when None); `dispatch`: in-flight slots
+        per replica and the bounded queue at the router (`mlserver_ipa.dispatch`)."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.pipeline = pipeline
@@ -103,6 +127,8 @@ class PipelineRouter:
         self.retries = retries
         self.timeout_s = timeout_s
         self.clock = clock
+        self.clocks = Clocks(clock, time.time)
+        self._dispatch = {s: StageDispatch(self.table, s, dispatch or DispatchSettings(), clock) for s in stages}
         self.registry = registry if registry is not None else CollectorRegistry()
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
         self._changed = asyncio.Event()
@@ -119,6 +145,9 @@ class PipelineRouter:
                                [*labels, "stage", "variant", "code"], registry=self.registry)
         self.m_stage_latency = Histogram("ipa_router_stage_duration_seconds", "Latency of one stage call",
                                          [*labels, "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.m_shed = Counter("ipa_router_shed", "Requests answered at the router without a replica call "
+                              "(code 503: its queue full; 504: the deadline cannot be met)",
+                              [*labels, "stage", "code"], registry=self.registry)
         self.m_retries = Counter("ipa_router_retries", "Stage calls sent again to another replica",
                                  [*labels, "stage"], registry=self.registry)
         self.registry.register(_OutstandingCollector(self))
@@ -133,13 +162,16 @@ class PipelineRouter:
         """Replace the routing of `stage`; requests already sent finish where they are. `ValueError` when the
         route names a replica the router may not send to (nothing changes then)."""
         self.table.set_route(stage, route)
-        return self.table.stage_status(stage)
+        self._dispatch[stage].wake()  # new replicas: new slots
+        return await self.stage_status(stage)
 
     async def stage_status(self, stage: str) -> StageStatus:
-        return self.table.stage_status(stage)
+        return self.table.stage_status(stage).model_copy(update={"waiting": len(self._dispatch[stage].queue)})
 
     def status(self) -> RouterStatus:
-        return self.table.status(self.pipeline)
+        status = self.table.status(self.pipeline)
+        return status.model_copy(update={"stages": [
+            s.model_copy(update={"waiting": len(self._dispatch[s.name].queue)}) for s in status.stages]})
 
     @property
     def ready(self) -> bool:
@@ -150,59 +182,77 @@ class PipelineRouter:
 
     # -- serving ---------------------------------------------------------------------------------------
 
-    async def infer(self, body: Any) -> dict[str, Any]:
-        """Serve one V2 request through all stages; raises `PipelineError` with the status to answer."""
-        start = self.clock()
+    async def infer(self, body: Any, arrival: Arrival | None = None) -> dict[str, Any]:
+        """Serve one V2 request through all stages; raises `PipelineError` with the status to answer.
+
+        `arrival`: when and with which deadline header the request came in (stamped before its body was read);
+        None: now, without one (and it is counted as an arrival)."""
+        arrival = arrival or self.arrived()
         code = 200
-        self.m_arrivals.labels(self.pipeline).inc()
         try:
-            return await self._infer(body, start)
+            return await self._infer(body, arrival)
         except PipelineError as e:
             code = e.status
             raise
         finally:
             self.m_requests.labels(self.pipeline, str(code)).inc()
-            self.m_latency.labels(self.pipeline).observe(self.clock() - start)
+            self.m_latency.labels(self.pipeline).observe(self.clock() - arrival.monotonic)
 
-    async def _infer(self, body: Any, start: float) -> dict[str, Any]:
+    def arrived(self, deadline_header: str | None = None) -> Arrival:
+        """Stamp a request's arrival (its first byte handled) and count it: called before its body is read."""
+        self.m_arrivals.labels(self.pipeline).inc()
+        return Arrival(self.clock(), self.clocks.now_ms(), deadline_header)
+
+    def _deadline(self, params: dict[str, Any], arrival: Arrival) -> float | None:
+        """The request's absolute deadline, epoch ms (`deadlines`), or None."""
+        for key in (RELATIVE_PARAM, DEADLINE_PARAM):
+            raw = params.get(key)
+            if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int | float)):
+                raise PipelineError(400, f"parameters.{key} must be a number")
+        relative = params.get(RELATIVE_PARAM)
+        if relative is not None and not -MAX_DEADLINE_MS <= relative <= MAX_DEADLINE_MS:
+            raise PipelineError(400, f"parameters.deadline_ms must be a number of ms, at most {MAX_DEADLINE_MS:.0f}")
+        try:
+            at_ms = parse_epoch_ms(arrival.deadline_header, f"header {DEADLINE_HEADER}")
+            if at_ms is None:
+                at_ms = parse_epoch_ms(params.get(DEADLINE_PARAM), f"parameters.{DEADLINE_PARAM}")
+        except BadDeadline as e:
+            raise PipelineError(400, str(e)) from e
+        return absolute_deadline(at_ms, None if relative is None else float(relative), arrival.epoch_ms)
+
+    async def _infer(self, body: Any, arrival: Arrival) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
             raise PipelineError(400, "not a V2 inference request: expected a JSON object with a list of `inputs`")
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise PipelineError(400, "`parameters` must be a JSON object")
-        raw_deadline = params.get("deadline_ms")
-        if raw_deadline is not None and (isinstance(raw_deadline, bool) or not isinstance(raw_deadline, int | float)
-                                         or not -MAX_DEADLINE_MS <= raw_deadline <= MAX_DEADLINE_MS):
-            raise PipelineError(400, f"parameters.deadline_ms must be a number of ms, at most {MAX_DEADLINE_MS:.0f}")
         if "id" in body and (not isinstance(body["id"], str) or len(body["id"]) > MAX_REQUEST_ID_CHARS):
             raise PipelineError(400, f"id must be a string of at most {MAX_REQUEST_ID_CHARS} characters")
-        deadline = None if raw_deadline is None else float(raw_deadline)
+        deadline_at = self._deadline(params, arrival)
+        # On this router's clock from here on; the wall clock only to say it to the next hop.
+        deadline = (math.inf if deadline_at is None
+                    else arrival.monotonic + (deadline_at - arrival.epoch_ms) / 1000.0)
+        priority = params.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise PipelineError(400, "parameters.priority must be an integer")
         inputs: list[Any] = body["inputs"]
         extra: list[dict[str, Any]] = []
         variants: list[str] = []
-        remaining: float | None = None
         for i, stage in enumerate(self.stages):
-            if deadline is not None:
-                remaining = deadline - (self.clock() - start) * 1000.0
-                if remaining <= 0:
-                    raise PipelineError(504, f"deadline exceeded before stage {stage!r} "
-                                             f"({-remaining:.1f} ms late)")
             request: dict[str, Any] = {"inputs": inputs, "parameters": dict(params)}
-            if remaining is not None:
-                request["parameters"]["deadline_ms"] = remaining
             if "id" in body:
                 request["id"] = body["id"]
-            response, variant = await self._call_stage(stage, request, start, deadline)
+            response, variant = await self._call_stage(stage, request, deadline, deadline_at, priority)
             variants.append(f"{stage}={variant}")
             outputs = response.get("outputs") or []
-            echoed = (response.get("parameters") or {}).get("deadline_ms")
-            if deadline is not None and remaining is not None and isinstance(echoed, int | float):
-                # The stage counts its own time; ours also counts the network. Keep the tighter one.
-                remaining = min(float(echoed), deadline - (self.clock() - start) * 1000.0)
             if i == len(self.stages) - 1:
                 out_params: dict[str, Any] = {"variants": ",".join(variants)}
-                if remaining is not None:
-                    out_params["deadline_ms"] = remaining
+                if deadline_at is not None:
+                    left_ms = (deadline - self.clock()) * 1000.0
+                    if left_ms < 0:  # nothing is answered 200 after its deadline
+                        raise PipelineError(504, f"deadline exceeded: the answer came {-left_ms:.1f} ms late")
+                    out_params[RELATIVE_PARAM] = round(left_ms, 3)
+                    out_params[DEADLINE_PARAM] = deadline_at
                 result = {"model_name": self.pipeline, "outputs": [*outputs, *extra], "parameters": out_params}
                 if "id" in body:
                     result["id"] = body["id"]
@@ -215,12 +265,20 @@ class PipelineRouter:
         raise AssertionError("unreachable")
 
     async def _call_stage(
-        self, stage: str, request: dict[str, Any], start: float, deadline: float | None
+        self, stage: str, request: dict[str, Any], deadline: float, deadline_at: float | None, priority: int
     ) -> tuple[dict[str, Any], str]:
+        dispatch = self._dispatch[stage]
         tried: list[str] = []
         last_problem = "no ready replica"
         for attempt in range(self.retries + 1):
-            pick = self.table.pick(stage, exclude=tried)
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                raise PipelineError(504, f"deadline exceeded before stage {stage!r} ({-left_s * 1000:.1f} ms late)")
+            try:
+                pick = await dispatch.acquire(deadline, priority, exclude=tried)
+            except Shed as e:
+                self.m_shed.labels(self.pipeline, stage, str(e.status)).inc()
+                raise PipelineError(e.status, str(e)) from e
             if pick is None:
                 if not tried:
                     raise PipelineError(503, f"stage {stage!r} has no ready replica")
@@ -228,28 +286,29 @@ class PipelineRouter:
             if attempt:
                 self.m_retries.labels(self.pipeline, stage).inc()
             timeout = self.timeout_s
-            if deadline is not None:
-                left_ms = deadline - (self.clock() - start) * 1000.0
-                if left_ms <= 0:
-                    raise PipelineError(504, f"deadline exceeded in stage {stage!r}")
-                request["parameters"]["deadline_ms"] = left_ms
-                timeout = left_ms / 1000.0 + 0.05  # the replica answers 504 itself; this only guards a hang
+            headers = {"content-type": "application/json"}
+            if deadline_at is not None:
+                left_s = deadline - self.clock()
+                request["parameters"][RELATIVE_PARAM] = round(left_s * 1000.0, 3)
+                request["parameters"][DEADLINE_PARAM] = deadline_at
+                headers[DEADLINE_HEADER] = format_epoch_ms(deadline_at)
+                timeout = max(0.0, left_s) + 0.05  # the replica answers 504 itself; this only guards a hang
             tried.append(pick.replica.id)
             try:
-                return await self._post(stage, pick, request, timeout), pick.variant
+                return await self._post(stage, pick, request, headers, timeout), pick.variant
             except _Retry as e:
                 last_problem = str(e)
         raise PipelineError(502, f"stage {stage!r} failed on {len(tried)} replica(s); last: {last_problem}")
 
-    async def _post(self, stage: str, pick: Pick, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _post(self, stage: str, pick: Pick, request: dict[str, Any], headers: dict[str, str],
+                    timeout: float) -> dict[str, Any]:
         route = self.table.routes[stage]
         url = f"{pick.replica.url}/v2/models/{route.model}/infer"
-        self.table.begin(stage, pick.replica.id)
+        dispatch = self._dispatch[stage]
         t0 = self.clock()
         code = "error"
         try:
-            resp = await self._client.post(url, content=orjson.dumps(request), timeout=timeout,
-                                           headers={"content-type": "application/json"})
+            resp = await self._client.post(url, content=orjson.dumps(request), timeout=timeout, headers=headers)
             code = str(resp.status_code)
         except httpx.TimeoutException as e:
             code = "504"
@@ -257,9 +316,12 @@ class PipelineRouter:
         except httpx.TransportError as e:
             raise _Retry(f"replica {pick.replica.id} unreachable: {type(e).__name__}") from e
         finally:
-            self.table.end(pick.replica.id)
+            dispatch.release(pick)
+            elapsed = self.clock() - t0
+            if code == "200":
+                dispatch.observe(elapsed)
             self.m_stage.labels(self.pipeline, stage, pick.variant, code).inc()
-            self.m_stage_latency.labels(self.pipeline, stage).observe(self.clock() - t0)
+            self.m_stage_latency.labels(self.pipeline, stage).observe(elapsed)
         try:
             payload = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
@@ -301,12 +363,13 @@ def create_app(router: PipelineRouter, token: str | None = None) -> FastAPI:
     async def infer(name: str, request: Request) -> Response:
         if name != router.pipeline:
             return _unknown(name)
+        arrival = router.arrived(request.headers.get(DEADLINE_HEADER))
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as e:
             return _error(400, f"body is not JSON: {e}")
         try:
-            result = await router.infer(body)
+            result = await router.infer(body, arrival)
         except PipelineError as e:
             return _error(e.status, str(e))
         return Response(orjson.dumps(result), media_type="application/json")
@@ -434,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stages", required=True, help="stage names in order, comma-separated")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--in-flight-per-batch", type=int, default=DispatchSettings.in_flight_per_batch,
+                        help="requests in flight per replica, in batches of its batch size (default %(default)s)")
+    parser.add_argument("--queue-per-slot", type=int, default=DispatchSettings.queue_per_slot,
+                        help="requests that may wait at the router per in-flight slot (default %(default)s)")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -441,9 +508,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         token, limits = load_token(), RequestLimits.from_env()
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: {e}\n")
-    router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s])
-    uvicorn.run(create_app(router, token), host=args.host, port=args.port, log_level="warning",
-                timeout_keep_alive=KEEP_ALIVE_S, **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
+    dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
+    router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch)
+    # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
+    uvicorn.run(create_app(router, token), host=args.host, port=args.port, log_level="warning", loop="uvloop",
+                access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 
 What it adds to a plain onnxruntime runtime:
 
-- per-request SLOs: V2 request `parameters.deadline_ms` (budget left, ms, from arrival here) and
-  `parameters.priority` (lower is more urgent); the response `parameters` echo `deadline_ms` minus the time
-  spent here, `priority`, and say what served it: `variant`, `batch_size` (rows in the onnxruntime call),
-  `batch_id` (shared by requests served together), `queue_ms` and `service_ms`;
+- per-request SLOs: an absolute deadline (header `ipa-deadline` or parameter `deadline_at_ms`, epoch ms; see
+  `deadlines`), else `parameters.deadline_ms` (budget left, ms) counted from the arrival stamp of the HTTP
+  layer (`admission`; from the `predict` call when served by a plain `mlserver start`), and
+  `parameters.priority` (lower is more urgent). A request whose deadline is gone or cannot be met is answered
+  504 before its tensors are decoded, and with `on_late: drop` nothing is answered 200 after its deadline. The
+  response `parameters` echo `deadline_ms` (what is left), `deadline_at_ms`, `priority`, and say what served
+  it: `variant`, `batch_size` (rows in the onnxruntime call), `batch_id` (shared by requests served together),
+  `queue_ms` and `service_ms`;
 - its own deadline-aware queue and batcher (`queueing`, `batching`) in place of MLServer's FIFO batcher,
   so keep `max_batch_size` unset in `model-settings.json`;
 - in-place control at `/v2/models/<model>/control` (GET: state; POST: a `ControlRequest`): switch variant,
@@ -40,8 +44,17 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters
 from pydantic import ValidationError
 
+from mlserver_ipa.admission import ADMISSION
 from mlserver_ipa.auth import TokenError, check, load_token
-from mlserver_ipa.batching import Batcher, BatchPolicy, Rejection, ServiceTimes
+from mlserver_ipa.batching import Batcher, BatchPolicy, Refusal, Rejection, ServiceTimes
+from mlserver_ipa.deadlines import (
+    ARRIVAL_HEADER,
+    DEADLINE_HEADER,
+    BadDeadline,
+    Clocks,
+    header,
+    parse_epoch_ms,
+)
 from mlserver_ipa.errors import (
     DeadlineUnmeetable,
     ExecutionFailed,
@@ -107,6 +120,7 @@ class VariantRuntime(MLModel):
         source = getattr(settings, "_source", None)
         self._folder = Path(source).parent if source else Path.cwd()
         self._clock = time.monotonic
+        self._clocks = Clocks(self._clock, time.time)
         self._sessions = SessionHolder()
         self._times = ServiceTimes(self.config.ewma_alpha, deviations=self.config.service_time_deviations)
         self._queue: DeadlineQueue[Pending] = DeadlineQueue(self.config.queue_limit, self._clock)
@@ -157,10 +171,12 @@ class VariantRuntime(MLModel):
         self._describe(session)
         self._metrics.configured(active, self.config.threads, self.config.batch_size)
         self._worker = asyncio.create_task(self._batcher.run(), name=f"batcher-{self.name}")
+        ADMISSION.register(self.name, self._admit)
         return True
 
     async def unload(self, drain_s: float = 10.0) -> bool:
         """Serve what is queued (for at most `drain_s`), then stop; what is left is answered 503."""
+        ADMISSION.unregister(self.name, self._admit)
         until = self._clock() + drain_s
         while (self._queue or self._executing) and self._clock() < until:
             await asyncio.sleep(0.01)
@@ -178,25 +194,34 @@ class VariantRuntime(MLModel):
     # -- inference ---------------------------------------------------------------------------------------
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        arrival = self._clock()
+        now = self._clock()
         if payload.id is not None and len(payload.id) > self.config.max_request_id_chars:
             raise InvalidInput(f"id has {len(payload.id)} characters; at most {self.config.max_request_id_chars}")
         slo = _parse_slo(payload.parameters)
         passed = _string_parameters(payload.parameters)
+        headers = payload.parameters.headers if payload.parameters else None
+        arrival = self._arrival(headers, now)
+        deadline = self._deadline(slo, headers, arrival)
+        budget_ms = None if math.isinf(deadline) else (deadline - arrival) * 1000
+        priority = slo.priority if slo.priority is not None else self.config.default_priority
+        refused = self._batcher.refuses(deadline=deadline)  # before any tensor is decoded
+        if refused is not None:
+            self._metrics.dropped(self._sessions.active.variant, "deadline")
+            raise self._unmeetable(refused, deadline, budget_ms, rows=1)
         session = self._sessions.active
         feeds, rows = decode_inputs(
             payload.inputs, session.inputs, self.config.max_request_rows, self.config.chain_input, passed
         )
         session.check(feeds)
         outputs = requested_outputs(payload.outputs, session.outputs)
-        deadline_ms = slo.deadline_ms if slo.deadline_ms is not None else self.config.default_deadline_ms
-        priority = slo.priority if slo.priority is not None else self.config.default_priority
-        deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1000
-        pending = Pending(feeds, outputs, rows, arrival, deadline_ms, priority,
+        pending = Pending(feeds, outputs, rows, arrival, budget_ms, priority,
                           asyncio.get_running_loop().create_future())
         self._batcher.submit(pending, deadline=deadline, priority=priority, rows=rows)
         self._metrics.queue(len(self._queue))
         served = await pending.future
+        if served.done > deadline and self.config.on_late == "drop":
+            raise DeadlineUnmeetable(f"served {(served.done - deadline) * 1000:.1f} ms after its deadline; not "
+                                     "answered (on_late: drop)")
         params: dict[str, object] = {
             **passed,
             "priority": priority,
@@ -206,14 +231,58 @@ class VariantRuntime(MLModel):
             "queue_ms": round((served.dispatched - arrival) * 1000, 3),
             "service_ms": round(served.service * 1000, 3),
         }
-        if deadline_ms is not None:
-            params["deadline_ms"] = round(deadline_ms - (self._clock() - arrival) * 1000, 3)
+        if budget_ms is not None:
+            params["deadline_ms"] = round((deadline - self._clock()) * 1000, 3)
+            params["deadline_at_ms"] = round(self._clocks.to_epoch_ms(deadline), 3)
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
             id=payload.id,
             parameters=Parameters(**params),
             outputs=encode_outputs(served.outputs, outputs),
+        )
+
+    def _arrival(self, headers: dict | None, now: float) -> float:
+        """When the request arrived: the HTTP layer's stamp when there is one (never later than now)."""
+        try:
+            stamped = parse_epoch_ms(header(headers, ARRIVAL_HEADER), f"header {ARRIVAL_HEADER}")
+        except BadDeadline:
+            stamped = None
+        return now if stamped is None else min(now, self._clocks.to_monotonic(stamped))
+
+    def _deadline(self, slo: RequestSLO, headers: dict | None, arrival: float) -> float:
+        """The request's deadline on this runtime's clock: absolute when given, else relative from arrival."""
+        at_ms = slo.deadline_at_ms
+        if at_ms is None:
+            try:
+                at_ms = parse_epoch_ms(header(headers, DEADLINE_HEADER), f"header {DEADLINE_HEADER}")
+            except BadDeadline as e:
+                raise InvalidInput(str(e)) from e
+        if at_ms is not None:
+            return self._clocks.to_monotonic(at_ms)
+        relative = slo.deadline_ms if slo.deadline_ms is not None else self.config.default_deadline_ms
+        return math.inf if relative is None else arrival + relative / 1000
+
+    def _admit(self, deadline_epoch_ms: float) -> str | None:
+        """The HTTP layer's question before reading a body: None to admit, else why its deadline cannot be met."""
+        deadline = self._clocks.to_monotonic(deadline_epoch_ms)
+        refused = self._batcher.refuses(deadline=deadline)
+        if refused is None:
+            return None
+        self._metrics.dropped(self._sessions.active.variant, "deadline")
+        return str(self._unmeetable(refused, deadline, None, rows=1))
+
+    def _unmeetable(self, refused: Refusal, deadline: float, budget_ms: float | None, rows: int) -> DeadlineUnmeetable:
+        variant = self._sessions.active.variant
+        left = (deadline - refused.now) * 1000
+        if left <= 0:
+            return DeadlineUnmeetable(f"deadline cannot be met: it was gone {-left:.1f} ms before model "
+                                      f"{self.name!r} ({variant}) could start it")
+        of = "" if budget_ms is None else f" of the {budget_ms:.1f} ms budget"
+        return DeadlineUnmeetable(
+            f"deadline cannot be met: {left:.1f} ms{of} left, the earliest start is in "
+            f"{(refused.start - refused.now) * 1000:.1f} ms and serving {rows} row(s) on {variant} takes "
+            f"{refused.service * 1000:.1f} ms"
         )
 
     def _service_time(self, rows: int) -> float:
@@ -274,12 +343,8 @@ class VariantRuntime(MLModel):
                 "one is not more urgent than any of them; retry later or on another replica"
             )
         else:
-            left = (rejection.entry.deadline - rejection.now) * 1000
-            error = DeadlineUnmeetable(
-                f"deadline cannot be met: {left:.1f} ms of the {p.deadline_ms:.1f} ms budget left, the earliest "
-                f"start is in {(rejection.start - rejection.now) * 1000:.1f} ms and serving {rejection.entry.rows} "
-                f"row(s) on {variant} takes {rejection.service * 1000:.1f} ms"
-            )
+            refused = Refusal(rejection.now, rejection.start, rejection.service)
+            error = self._unmeetable(refused, rejection.entry.deadline, p.deadline_ms, rejection.entry.rows)
         p.future.set_exception(error)
 
     # -- control -----------------------------------------------------------------------------------------
@@ -382,7 +447,7 @@ def _parse_slo(parameters: Parameters | None) -> RequestSLO:
     if parameters is None:
         return RequestSLO()
     try:
-        return RequestSLO.model_validate(parameters.model_dump(include={"deadline_ms", "priority"}))
+        return RequestSLO.model_validate(parameters.model_dump(include={"deadline_ms", "deadline_at_ms", "priority"}))
     except ValidationError as e:
         raise InvalidInput(f"parameters: {describe_validation_error(e)}") from e
 

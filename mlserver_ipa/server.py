@@ -10,7 +10,13 @@ What it adds to MLServer 1.7.1, through MLServer's own REST server options (no p
   `max_body_bytes`;
 - writes (MLServer's repository `load` / `unload`, the runtime's control `POST`) need the pipeline's token
   (`$IPA_TOKEN_FILE` or `$IPA_TOKEN`, `mlserver_ipa.auth`); without one they are refused (403). Reads,
-  inference, health and metrics stay open.
+  inference, health and metrics stay open;
+- every request's arrival is stamped and an inference whose absolute deadline is gone, or cannot be met by the
+  runtime's queue and service-time estimate, is answered 504 before its body is read
+  (`mlserver_ipa.admission.DeadlineMiddleware`). MLServer has no hook of its own there: its
+  `InferenceMiddleware` runs on the decoded `InferenceRequest` (after the JSON became pydantic objects, the cost
+  to avoid for a request that will be shed), `settings.extensions` is metadata only, and custom handlers are
+  appended after its own routes, so one cannot take over `/infer`. The wrap of its REST server's protocol is.
 
 A bad limit or an unreadable token file ends it with one line on stderr and exit status 2.
 """
@@ -26,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlserver_ipa.admission import DeadlineMiddleware
 from mlserver_ipa.auth import load_token
 from mlserver_ipa.limits import RequestLimits
 from mlserver_ipa.protocol import guard, uvicorn_options
@@ -68,7 +75,7 @@ async def start(folder: Path) -> None:
     if "host" not in raw and "MLSERVER_HOST" not in os.environ:
         settings.host = LOOPBACK
     settings._custom_rest_server_settings = uvicorn_options(
-        limits, lambda app: guard(app, limits, token, REPLICA_WRITES))
+        limits, lambda app: guard(DeadlineMiddleware(app), limits, token, REPLICA_WRITES))
     if settings.grpc_max_message_length is None:
         settings.grpc_max_message_length = limits.max_body_bytes
     server = MLServer(settings)

@@ -183,7 +183,10 @@ class RequestSLO(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     deadline_ms: float | None = Field(default=None, le=MAX_DEADLINE_MS)
-    """Remaining budget in ms, counted from the request's arrival here: a number (not a string, not a bool)."""
+    """Remaining budget in ms, counted from the request's arrival here (when no absolute deadline is given): a
+    number (not a string, not a bool)."""
+    deadline_at_ms: float | None = None
+    """Absolute deadline, epoch ms (`mlserver_ipa.deadlines`); wins over `deadline_ms`."""
     priority: int | None = Field(default=None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
     """Priority class; lower is more urgent."""
 

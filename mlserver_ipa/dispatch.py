@@ -1,0 +1,150 @@
+"""The router's admission per stage: in-flight slots on every replica, and a bounded deadline-ordered queue of
+the requests waiting for one. Never an unbounded queue, never a wait that cannot end in time.
+
+Slots: a replica takes at most `in_flight_per_batch * batch_size` requests at once (its `RouteGroup.batch_size`,
+as decided; `default_in_flight` when the route does not say): one batch being served and the next one forming
+in its own queue, so it never idles between batches and never holds a queue the router could route elsewhere.
+A request goes to a replica with a free slot (by the table's shares and least-outstanding rule, among replicas
+with a free slot); when none has one it waits here:
+
+- in a `DeadlineQueue` (priority class, then earliest deadline first), bounded at `queue_per_slot` requests per
+  slot of the stage (at least `min_queue`): when it is full, the least urgent request is answered 503 at once;
+- for as long as its deadline allows and no longer: a request that, by the stage's measured call time `L` and
+  the `k` requests ahead of it, cannot start in time to finish before its deadline (`now + (k + 1) / slots * L
+  + L > deadline`: every slot turns over once per call) is answered 504 at once (shed in milliseconds, not at
+  its deadline); one still waiting at its deadline is answered 504 then;
+- a slot that frees goes to the most urgent waiting request.
+
+Time is an input (`clock`): deadlines here are on the router's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from mlserver_ipa.queueing import DeadlineQueue
+from mlserver_ipa.route_table import Pick, RouteTable
+
+
+class Shed(Exception):
+    """A request the router answers without sending it on: `status` 503 (queue full) or 504 (deadline)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """How many requests a replica gets at once, and how many may wait at the router."""
+
+    in_flight_per_batch: int = 2
+    """Slots per replica, in batches of its batch size (2: one served, one forming)."""
+    default_in_flight: int = 4
+    """Slots of a replica whose route gives no batch size."""
+    queue_per_slot: int = 4
+    """Requests that may wait per slot of the stage (the queue's bound)."""
+    min_queue: int = 16
+    """The queue's bound when the stage has few slots (or none yet)."""
+    ewma_alpha: float = 0.1
+    """Weight of the newest call in the stage's measured call time."""
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class StageDispatch:
+    """The slots of one stage's replicas and the requests waiting for one (see module doc)."""
+
+    def __init__(self, table: RouteTable, stage: str, settings: DispatchSettings,
+                 clock: Callable[[], float]) -> None:
+        self.table = table
+        self.stage = stage
+        self.settings = settings
+        self.clock = clock
+        self.queue: DeadlineQueue[_Waiter] = DeadlineQueue(settings.min_queue, clock)
+        self.call_time: float | None = None
+        """Measured seconds of one call to a replica of this stage (EWMA of answered calls)."""
+
+    def limit(self, replica_id: str) -> int:
+        batch = self.table.batch_size_of(self.stage, replica_id)
+        s = self.settings
+        return s.default_in_flight if batch is None else max(1, s.in_flight_per_batch * batch)
+
+    def slots(self) -> int:
+        return sum(self.limit(rid) for rid in self.table.replica_ids(self.stage))
+
+    def _free(self, replica_id: str) -> bool:
+        return self.table.outstanding.get(replica_id, 0) < self.limit(replica_id)
+
+    async def acquire(self, deadline: float, priority: int, exclude: Collection[str] = ()) -> Pick | None:
+        """A replica with a free slot, its slot taken (`release` gives it back); None when the stage has no
+        replica left to try. Raises `Shed` when the request is answered here instead."""
+        while True:
+            pick = self.table.pick(self.stage, exclude=exclude, admit=self._free)
+            if pick is not None:
+                self.table.begin(self.stage, pick.replica.id)
+                return pick
+            if self.table.pick(self.stage, exclude=exclude) is None:
+                return None  # no replica at all (not just none free)
+            await self._wait(deadline, priority)
+
+    def release(self, pick: Pick) -> None:
+        self.table.end(pick.replica.id)
+        self.wake()
+
+    def observe(self, seconds: float) -> None:
+        a = self.settings.ewma_alpha
+        self.call_time = seconds if self.call_time is None else self.call_time + a * (seconds - self.call_time)
+
+    def wake(self) -> None:
+        """Hand a free slot to the most urgent waiting request (the table changed or a call ended)."""
+        now = self.clock()
+        while self.queue:
+            entry = self.queue.pop()
+            if entry.item.future.done():
+                continue
+            if entry.deadline <= now:
+                entry.item.future.set_exception(Shed(504, self._late(now - entry.deadline)))
+                continue
+            entry.item.future.set_result(None)
+            return
+
+    async def _wait(self, deadline: float, priority: int) -> None:
+        now = self.clock()
+        slots = self.slots()
+        self.queue.limit = max(self.settings.min_queue, self.settings.queue_per_slot * slots)
+        if self.call_time is not None and slots and not math.isinf(deadline):
+            ahead = sum(1 for e in self.queue if (e.priority, e.deadline) <= (priority, deadline))
+            start = now + (ahead + 1) / slots * self.call_time  # each slot turns over once per call time
+            if start + self.call_time > deadline:
+                raise Shed(504, f"deadline cannot be met at stage {self.stage!r}: {(deadline - now) * 1000:.1f} "
+                                f"ms left, {ahead} request(s) wait ahead for {slots} slot(s) and a call takes "
+                                f"{self.call_time * 1000:.1f} ms")
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        left_out = self.queue.push(waiter, deadline=deadline, priority=priority)
+        if left_out is not None and not left_out.item.future.done():
+            left_out.item.future.set_exception(Shed(503, f"overloaded: {len(self.queue)} requests wait for "
+                                                         f"{slots} slot(s) of stage {self.stage!r}"))
+        timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except TimeoutError:
+            self.queue.remove_if(lambda e: e.item is waiter)
+            if waiter.future.done() and waiter.future.exception() is None:
+                self.wake()  # handed a slot just as its time ran out: pass it on
+            raise Shed(504, self._late(0.0)) from None
+        except asyncio.CancelledError:
+            self.queue.remove_if(lambda e: e.item is waiter)
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self.wake()  # it was handed a slot it will not use
+            raise
+
+    def _late(self, by_s: float) -> str:
+        return (f"deadline exceeded waiting for a replica of stage {self.stage!r} "
+                f"({len(self.queue)} waiting, {self.slots()} slot(s))" + (f", {by_s * 1000:.1f} ms late" if by_s else ""))

@@ -1,0 +1,95 @@
+"""The router's admission per stage (`mlserver_ipa.dispatch`): slots per replica tied to its batch size, a
+bounded deadline-ordered queue beyond them, and shedding at once when a deadline cannot be met. The table and
+the dispatch are plain state; the clock is the event loop's."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
+from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute
+
+
+def dispatch(batch: int | None = 2, replicas: int = 1, **settings: int) -> StageDispatch:
+    table = RouteTable(["s"])
+    table.set_route("s", StageRoute(model="m", groups=[RouteGroup(
+        variant="v", batch_size=batch, replicas=[ReplicaRoute(id=f"r{i}", url=f"u{i}") for i in range(replicas)])]))
+    return StageDispatch(table, "s", DispatchSettings(**settings), asyncio.get_running_loop().time)
+
+
+async def test_slots_follow_the_batch_size() -> None:
+    d = dispatch(batch=3, replicas=2, in_flight_per_batch=2)
+    assert d.slots() == 12
+    assert dispatch(batch=None, default_in_flight=5).slots() == 5
+    d = dispatch(batch=1)  # 2 slots on the one replica
+    now = d.clock()
+    picks = [await d.acquire(now + 10, 0) for _ in range(2)]
+    assert all(p is not None and p.replica.id == "r0" for p in picks)
+    assert d.table.outstanding["r0"] == 2
+
+
+async def test_a_freed_slot_goes_to_the_most_urgent_waiter() -> None:
+    d = dispatch(batch=1, in_flight_per_batch=1)
+    now = d.clock()
+    first = await d.acquire(now + 10, 0)
+    assert first is not None
+    order: list[str] = []
+
+    async def wait(name: str, deadline: float, priority: int = 0) -> None:
+        pick = await d.acquire(deadline, priority)
+        assert pick is not None
+        order.append(name)
+        d.release(pick)
+
+    tasks = [asyncio.create_task(wait("late", now + 9)), asyncio.create_task(wait("soon", now + 5)),
+             asyncio.create_task(wait("batch-class", now + 1, priority=1))]
+    await asyncio.sleep(0)
+    assert len(d.queue) == 3
+    d.release(first)
+    await asyncio.gather(*tasks)
+    assert order == ["soon", "late", "batch-class"]  # priority class first, then earliest deadline
+
+
+async def test_the_queue_is_bounded_and_sheds_the_least_urgent() -> None:
+    d = dispatch(batch=1, in_flight_per_batch=1, queue_per_slot=1, min_queue=2)
+    now = d.clock()
+    assert await d.acquire(now + 10, 0) is not None
+    waiting = [asyncio.create_task(d.acquire(now + 10 - i, 0)) for i in range(3)]  # the last is most urgent
+    await asyncio.sleep(0)
+    with pytest.raises(Shed) as shed:
+        await waiting[0]  # the least urgent one was displaced by the third
+    assert shed.value.status == 503 and "overloaded" in str(shed.value)
+    assert len(d.queue) == 2
+    for t in waiting[1:]:
+        t.cancel()
+    await asyncio.gather(*waiting[1:], return_exceptions=True)
+    assert len(d.queue) == 0
+
+
+async def test_a_wait_that_cannot_end_in_time_is_shed_at_once() -> None:
+    d = dispatch(batch=1, in_flight_per_batch=1)
+    d.observe(0.5)  # a call takes half a second
+    now = d.clock()
+    assert await d.acquire(now + 10, 0) is not None
+    with pytest.raises(Shed) as shed:  # must wait for the slot (0.5 s) and then be served (0.5 s): no
+        await d.acquire(now + 0.8, 0)
+    assert shed.value.status == 504 and "cannot be met" in str(shed.value)
+    assert len(d.queue) == 0
+
+
+async def test_a_waiter_is_answered_at_its_deadline_not_later() -> None:
+    d = dispatch(batch=1, in_flight_per_batch=1)
+    now = d.clock()
+    assert await d.acquire(math.inf, 0) is not None
+    with pytest.raises(Shed) as shed:  # no call time measured yet: it waits, but only until its deadline
+        await d.acquire(now + 0.05, 0)
+    assert shed.value.status == 504 and d.clock() >= now + 0.05
+    assert len(d.queue) == 0
+
+
+async def test_no_replica_at_all_is_not_a_wait() -> None:
+    d = dispatch(batch=1, replicas=1)
+    assert await d.acquire(d.clock() + 1, 0, exclude={"r0"}) is None
