@@ -1,7 +1,7 @@
 """The router's admission per stage: in-flight slots on every replica, and a bounded deadline-ordered queue of
 the requests waiting for one. Never an unbounded queue, never a wait that cannot end in time.
 
-Slots: a replica takes at most `in_flight_per_batch * batch_size` requests at once (its `RouteGroup.batch_size`,
+Slots: a replica takes at most `in_flight_per_batch * batch_size` requests at once (its `ReplicaRoute.batch_size`,
 as decided; `default_in_flight` when the route does not say): one batch being served and the next one forming
 in its own queue, so it never idles between batches and never holds a queue the router could route elsewhere.
 A request goes to a replica with a free slot (by the table's shares and least-outstanding rule, among replicas

@@ -74,6 +74,8 @@ class ReplicaRoute(BaseModel):
 
     id: str = Field(pattern=NAME_PATTERN, description="unique over the pipeline, e.g. `detector-3`")
     url: str = Field(max_length=256, description="base URL of its V2 REST server, e.g. http://127.0.0.1:8081")
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="its batch size: the router sends it "
+                                   "at most a few batches' worth at once (None: a default number of requests)")
 
     @field_validator("url")
     @classmethod
@@ -184,11 +186,11 @@ class RouteTable:
         return [] if route is None else [r.id for g in route.groups for r in g.replicas]
 
     def batch_size_of(self, stage: str, replica_id: str) -> int | None:
-        """The batch size of the group the replica is routed in (None: not given, or no longer routed)."""
+        """The replica's batch size (None: not given, or no longer routed)."""
         route = self.routes.get(stage)
         if route is None:
             return None
-        return next((g.batch_size for g in route.groups for r in g.replicas if r.id == replica_id), None)
+        return next((r.batch_size for g in route.groups for r in g.replicas if r.id == replica_id), None)
 
     def pick(self, stage: str, exclude: Collection[str] = (),
              admit: Callable[[str], bool] | None = None) -> Pick | None:

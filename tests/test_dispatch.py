@@ -15,8 +15,8 @@ from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, Stage
 
 def dispatch(batch: int | None = 2, replicas: int = 1, **settings: int) -> StageDispatch:
     table = RouteTable(["s"])
-    table.set_route("s", StageRoute(model="m", groups=[RouteGroup(
-        variant="v", batch_size=batch, replicas=[ReplicaRoute(id=f"r{i}", url=f"u{i}") for i in range(replicas)])]))
+    table.set_route("s", StageRoute(model="m", groups=[RouteGroup(variant="v", replicas=[
+        ReplicaRoute(id=f"r{i}", url=f"u{i}", batch_size=batch) for i in range(replicas)])]))
     return StageDispatch(table, "s", DispatchSettings(**settings), asyncio.get_running_loop().time)
 
 

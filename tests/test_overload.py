@@ -69,7 +69,7 @@ async def test_a_burst_ends_with_no_late_answer_and_a_calm_phase_within_its_slo(
                                                                                  router_url: str) -> None:
     router = RouterClient(router_url)
     await router.update_stage("classifier", StageRoute(model="resnet", groups=[RouteGroup(
-        variant="resnet50", batch_size=2, replicas=[ReplicaRoute(id="c-0", url=replica.http_url)])]))
+        variant="resnet50", replicas=[ReplicaRoute(id="c-0", url=replica.http_url, batch_size=2)])]))
     service_ms = httpx.get(f"{replica.http_url}/v2/models/resnet/control", timeout=10).json()["service_time_ms"]
     tight = 400 + 8 * float(service_ms["2"])  # connecting 120 clients takes a while; serving them all longer
 
