@@ -1,9 +1,11 @@
 """The router's admission per stage: in-flight slots on every replica, and a bounded deadline-ordered queue of
 the requests waiting for one. Never an unbounded queue, never a wait that cannot end in time.
 
-Slots: a replica takes at most `in_flight_per_batch * batch_size` requests at once (its `ReplicaRoute.batch_size`,
-as decided; `default_in_flight` when the route does not say): one batch being served and the next one forming
-in its own queue, so it never idles between batches and never holds a queue the router could route elsewhere.
+Slots: a replica takes at most `max(min_in_flight, in_flight_per_batch * batch_size)` requests at once (its
+`ReplicaRoute.batch_size`, as decided; `default_in_flight` when the route does not say): a batch being served,
+the next forming in its own deadline queue and a couple in transit, so it never idles for a round trip between
+batches, and never holds a queue the router could route elsewhere. (With one or two batches only, a replica on
+a fraction of a core waited for the router between calls and served a fifth of its capacity.)
 A request goes to a replica with a free slot (by the table's shares and least-outstanding rule, among replicas
 with a free slot); when none has one it waits here:
 
@@ -41,13 +43,15 @@ class Shed(Exception):
 class DispatchSettings:
     """How many requests a replica gets at once, and how many may wait at the router."""
 
-    in_flight_per_batch: int = 2
-    """Slots per replica, in batches of its batch size (2: one served, one forming)."""
-    default_in_flight: int = 4
+    in_flight_per_batch: int = 4
+    """Slots per replica, in batches of its batch size (one served, one forming, two in transit)."""
+    min_in_flight: int = 8
+    """Slots of a replica at least, whatever its batch size (small batches still need requests in transit)."""
+    default_in_flight: int = 8
     """Slots of a replica whose route gives no batch size."""
     queue_per_slot: int = 4
     """Requests that may wait per slot of the stage (the queue's bound)."""
-    min_queue: int = 16
+    min_queue: int = 64
     """The queue's bound when the stage has few slots (or none yet)."""
     ewma_alpha: float = 0.1
     """Weight of the newest call in the stage's measured call time."""
@@ -74,7 +78,7 @@ class StageDispatch:
     def limit(self, replica_id: str) -> int:
         batch = self.table.batch_size_of(self.stage, replica_id)
         s = self.settings
-        return s.default_in_flight if batch is None else max(1, s.in_flight_per_batch * batch)
+        return s.default_in_flight if batch is None else max(s.min_in_flight, s.in_flight_per_batch * batch)
 
     def slots(self) -> int:
         return sum(self.limit(rid) for rid in self.table.replica_ids(self.stage))
@@ -103,17 +107,23 @@ class StageDispatch:
         self.call_time = seconds if self.call_time is None else self.call_time + a * (seconds - self.call_time)
 
     def wake(self) -> None:
-        """Hand a free slot to the most urgent waiting request (the table changed or a call ended)."""
+        """Hand the free slots to the most urgent waiting requests (a call ended or the table changed); with no
+        replica left in the stage, answer every waiting request 503 at once."""
         now = self.clock()
-        while self.queue:
+        replicas = self.table.replica_ids(self.stage)
+        free = sum(max(0, self.limit(r) - self.table.outstanding.get(r, 0)) for r in replicas)
+        while self.queue and (free > 0 or not replicas):
             entry = self.queue.pop()
-            if entry.item.future.done():
+            future = entry.item.future
+            if future.done():
                 continue
-            if entry.deadline <= now:
-                entry.item.future.set_exception(Shed(504, self._late(now - entry.deadline)))
-                continue
-            entry.item.future.set_result(None)
-            return
+            if not replicas:
+                future.set_exception(Shed(503, f"stage {self.stage!r} has no ready replica"))
+            elif entry.deadline <= now:
+                future.set_exception(Shed(504, self._late(now - entry.deadline)))
+            else:
+                future.set_result(None)
+                free -= 1
 
     async def _wait(self, deadline: float, priority: int) -> None:
         now = self.clock()

@@ -21,10 +21,11 @@ def dispatch(batch: int | None = 2, replicas: int = 1, **settings: int) -> Stage
 
 
 async def test_slots_follow_the_batch_size() -> None:
-    d = dispatch(batch=3, replicas=2, in_flight_per_batch=2)
+    d = dispatch(batch=3, replicas=2, in_flight_per_batch=2, min_in_flight=1)
     assert d.slots() == 12
+    assert dispatch(batch=1, replicas=2, in_flight_per_batch=2, min_in_flight=4).slots() == 8
     assert dispatch(batch=None, default_in_flight=5).slots() == 5
-    d = dispatch(batch=1)  # 2 slots on the one replica
+    d = dispatch(batch=1, in_flight_per_batch=2, min_in_flight=1)  # 2 slots on the one replica
     now = d.clock()
     picks = [await d.acquire(now + 10, 0) for _ in range(2)]
     assert all(p is not None and p.replica.id == "r0" for p in picks)
@@ -32,7 +33,7 @@ async def test_slots_follow_the_batch_size() -> None:
 
 
 async def test_a_freed_slot_goes_to_the_most_urgent_waiter() -> None:
-    d = dispatch(batch=1, in_flight_per_batch=1)
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1)
     now = d.clock()
     first = await d.acquire(now + 10, 0)
     assert first is not None
@@ -54,7 +55,7 @@ async def test_a_freed_slot_goes_to_the_most_urgent_waiter() -> None:
 
 
 async def test_the_queue_is_bounded_and_sheds_the_least_urgent() -> None:
-    d = dispatch(batch=1, in_flight_per_batch=1, queue_per_slot=1, min_queue=2)
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1, queue_per_slot=1, min_queue=2)
     now = d.clock()
     assert await d.acquire(now + 10, 0) is not None
     waiting = [asyncio.create_task(d.acquire(now + 10 - i, 0)) for i in range(3)]  # the last is most urgent
@@ -70,7 +71,7 @@ async def test_the_queue_is_bounded_and_sheds_the_least_urgent() -> None:
 
 
 async def test_a_wait_that_cannot_end_in_time_is_shed_at_once() -> None:
-    d = dispatch(batch=1, in_flight_per_batch=1)
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1)
     d.observe(0.5)  # a call takes half a second
     now = d.clock()
     assert await d.acquire(now + 10, 0) is not None
@@ -81,7 +82,7 @@ async def test_a_wait_that_cannot_end_in_time_is_shed_at_once() -> None:
 
 
 async def test_a_waiter_is_answered_at_its_deadline_not_later() -> None:
-    d = dispatch(batch=1, in_flight_per_batch=1)
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1)
     now = d.clock()
     assert await d.acquire(math.inf, 0) is not None
     with pytest.raises(Shed) as shed:  # no call time measured yet: it waits, but only until its deadline
@@ -93,3 +94,21 @@ async def test_a_waiter_is_answered_at_its_deadline_not_later() -> None:
 async def test_no_replica_at_all_is_not_a_wait() -> None:
     d = dispatch(batch=1, replicas=1)
     assert await d.acquire(d.clock() + 1, 0, exclude={"r0"}) is None
+
+
+async def test_new_slots_wake_as_many_waiters_and_no_replica_answers_them_all() -> None:
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1)
+    now = d.clock()
+    assert await d.acquire(now + 10, 0) is not None
+    waiting = [asyncio.create_task(d.acquire(now + 10, 0)) for _ in range(3)]
+    await asyncio.sleep(0)
+    d.table.set_route("s", StageRoute(model="m", groups=[RouteGroup(variant="v", replicas=[
+        ReplicaRoute(id=f"r{i}", url=f"u{i}", batch_size=1) for i in range(3)])]))
+    d.wake()  # two new replicas, two free slots: two of the three get one
+    done, pending = await asyncio.wait(waiting, timeout=0.5)
+    assert len(done) == 2 and len(pending) == 1
+    d.table.set_route("s", StageRoute(model="m"))
+    d.wake()  # the stage lost every replica: the last waiter is answered now, not at its deadline
+    with pytest.raises(Shed) as shed:
+        await pending.pop()
+    assert shed.value.status == 503 and "no ready replica" in str(shed.value)
