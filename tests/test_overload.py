@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import SMALL_RESOLUTION, MLServer, free_port, write_model_settings
+from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer, free_port, write_model_settings
 
 from mlserver_ipa.deadlines import DEADLINE_HEADER
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
@@ -67,7 +67,7 @@ def router_url(tmp_path: Path) -> Iterator[str]:
 
 async def test_a_burst_ends_with_no_late_answer_and_a_calm_phase_within_its_slo(replica: MLServer,
                                                                                  router_url: str) -> None:
-    router = RouterClient(router_url)
+    router = RouterClient(router_url, token=TEST_TOKEN)
     await router.update_stage("classifier", StageRoute(model="resnet", groups=[RouteGroup(
         variant="resnet50", replicas=[ReplicaRoute(id="c-0", url=replica.http_url, batch_size=2)])]))
     service_ms = httpx.get(f"{replica.http_url}/v2/models/resnet/control", timeout=10).json()["service_time_ms"]
