@@ -15,7 +15,7 @@ with a free slot); when none has one it waits here:
   the `k` requests ahead of it, cannot start in time to finish before its deadline (`now + (k + 1) / slots * L
   + L > deadline`: every slot turns over once per call) is answered 504 at once (shed in milliseconds, not at
   its deadline); one still waiting at its deadline is answered 504 then;
-- a slot that frees goes to the most urgent waiting request.
+- a slot that frees goes to the most urgent waiting request, taken for it (a newcomer cannot take it first).
 
 Time is an input (`clock`): deadlines here are on the router's monotonic clock.
 """
@@ -49,17 +49,22 @@ class DispatchSettings:
     """Slots of a replica at least, whatever its batch size (small batches still need requests in transit)."""
     default_in_flight: int = 8
     """Slots of a replica whose route gives no batch size."""
-    queue_per_slot: int = 4
+    queue_per_slot: int = 8
     """Requests that may wait per slot of the stage (the queue's bound)."""
-    min_queue: int = 64
-    """The queue's bound when the stage has few slots (or none yet)."""
+    min_queue: int = 256
+    """The queue's bound when the stage has few slots (as a replica's own default `queue_limit`: requests
+    without a deadline wait here rather than there; those with one are shed by their deadline long before)."""
+    max_wait_s: float = 60.0
+    """Longest wait for a slot of a request without a deadline (then 504)."""
     ewma_alpha: float = 0.1
     """Weight of the newest call in the stage's measured call time."""
 
 
 @dataclass
 class _Waiter:
-    future: asyncio.Future[None] = field(repr=False)
+    future: asyncio.Future[Pick] = field(repr=False)
+    exclude: tuple[str, ...] = ()
+    """Replicas that already failed this request."""
 
 
 class StageDispatch:
@@ -89,14 +94,18 @@ class StageDispatch:
     async def acquire(self, deadline: float, priority: int, exclude: Collection[str] = ()) -> Pick | None:
         """A replica with a free slot, its slot taken (`release` gives it back); None when the stage has no
         replica left to try. Raises `Shed` when the request is answered here instead."""
-        while True:
-            pick = self.table.pick(self.stage, exclude=exclude, admit=self._free)
-            if pick is not None:
-                self.table.begin(self.stage, pick.replica.id)
-                return pick
-            if self.table.pick(self.stage, exclude=exclude) is None:
-                return None  # no replica at all (not just none free)
-            await self._wait(deadline, priority)
+        pick = self._take(exclude)
+        if pick is not None:
+            return pick
+        if self.table.pick(self.stage, exclude=exclude) is None:
+            return None  # no replica at all (not just none free)
+        return await self._wait(deadline, priority, exclude)
+
+    def _take(self, exclude: Collection[str]) -> Pick | None:
+        pick = self.table.pick(self.stage, exclude=exclude, admit=self._free)
+        if pick is not None:
+            self.table.begin(self.stage, pick.replica.id)
+        return pick
 
     def release(self, pick: Pick) -> None:
         self.table.end(pick.replica.id)
@@ -107,25 +116,29 @@ class StageDispatch:
         self.call_time = seconds if self.call_time is None else self.call_time + a * (seconds - self.call_time)
 
     def wake(self) -> None:
-        """Hand the free slots to the most urgent waiting requests (a call ended or the table changed); with no
-        replica left in the stage, answer every waiting request 503 at once."""
+        """Hand the free slots to the most urgent waiting requests, each its slot taken for it (a call ended or
+        the table changed). While the stage has no replica (one being replaced), they keep waiting for one,
+        within their deadline."""
         now = self.clock()
-        replicas = self.table.replica_ids(self.stage)
-        free = sum(max(0, self.limit(r) - self.table.outstanding.get(r, 0)) for r in replicas)
-        while self.queue and (free > 0 or not replicas):
-            entry = self.queue.pop()
-            future = entry.item.future
-            if future.done():
+        while self.queue:
+            head = self.queue.peek()
+            assert head is not None
+            waiter = head.item
+            if waiter.future.done():
+                self.queue.pop()
                 continue
-            if not replicas:
-                future.set_exception(Shed(503, f"stage {self.stage!r} has no ready replica"))
-            elif entry.deadline <= now:
-                future.set_exception(Shed(504, self._late(now - entry.deadline)))
-            else:
-                future.set_result(None)
-                free -= 1
+            if head.deadline <= now:
+                self.queue.pop()
+                waiter.future.set_exception(Shed(504, self._late(now - head.deadline)))
+                continue
+            # A retry avoids the replicas that failed it, unless only they have a slot.
+            pick = self._take(waiter.exclude) or (self._take(()) if waiter.exclude else None)
+            if pick is None:
+                return  # no free slot: the next release wakes it
+            self.queue.pop()
+            waiter.future.set_result(pick)
 
-    async def _wait(self, deadline: float, priority: int) -> None:
+    async def _wait(self, deadline: float, priority: int, exclude: Collection[str]) -> Pick:
         now = self.clock()
         slots = self.slots()
         self.queue.limit = max(self.settings.min_queue, self.settings.queue_per_slot * slots)
@@ -136,23 +149,20 @@ class StageDispatch:
                 raise Shed(504, f"deadline cannot be met at stage {self.stage!r}: {(deadline - now) * 1000:.1f} "
                                 f"ms left, {ahead} request(s) wait ahead for {slots} slot(s) and a call takes "
                                 f"{self.call_time * 1000:.1f} ms")
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), tuple(exclude))
         left_out = self.queue.push(waiter, deadline=deadline, priority=priority)
         if left_out is not None and not left_out.item.future.done():
             left_out.item.future.set_exception(Shed(503, f"overloaded: {len(self.queue)} requests wait for "
                                                          f"{slots} slot(s) of stage {self.stage!r}"))
-        timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
+        timeout = self.settings.max_wait_s if math.isinf(deadline) else max(0.0, deadline - now)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except TimeoutError:
-            self.queue.remove_if(lambda e: e.item is waiter)
-            if waiter.future.done() and waiter.future.exception() is None:
-                self.wake()  # handed a slot just as its time ran out: pass it on
-            raise Shed(504, self._late(0.0)) from None
-        except asyncio.CancelledError:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except (TimeoutError, asyncio.CancelledError) as e:
             self.queue.remove_if(lambda e: e.item is waiter)
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self.wake()  # it was handed a slot it will not use
+                self.release(waiter.future.result())  # handed a slot just as it gave up: pass it on
+            if isinstance(e, TimeoutError):
+                raise Shed(504, self._late(0.0)) from None
             raise
 
     def _late(self, by_s: float) -> str:
