@@ -28,9 +28,23 @@ $(MODELS)/yolo/.built: $(VENV)/.installed $(wildcard mlserver_ipa/zoo/*.py)
 	$(BIN)/ipa models build --family yolo --out $(MODELS)/yolo
 	touch $@
 
-# Re-measure the shipped profiles on this machine (about 15 minutes on 2 cores; resumable).
+# Re-measure the shipped profiles on this machine (vision about 15 minutes, speech and text about 50 on 2 cores;
+# resumable). The speech and text families are built under build/models by the profiler when missing (~12 GB).
+# Their encoder stages are measured on the whole grid, the sequence-to-sequence ones on a subset (the latency
+# model interpolates the rest; batches that cannot meet the SLO are left out).
 profiles: models models-yolo
 	$(BIN)/ipa profile inference_graphs/video-monitoring.yaml --batch 1 2 4 8 --cores 0.25 0.5 1 1.5 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/audio-sent.yaml --stage nlp-sent --batch 1 2 4 8 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/audio-qa.yaml --stage nlp-qa --batch 1 2 4 8 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/nlp.yaml --stage nlp-li --batch 1 2 4 8 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/audio-qa.yaml --stage audio --batch 1 2 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/audio-qa.yaml --stage audio --batch 4 8 --cores 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/nlp.yaml --stage nlp-trans --batch 1 2 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/nlp.yaml --stage nlp-trans --batch 4 8 --cores 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/sum-qa.yaml --stage nlp-sum --batch 1 2 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/sum-qa.yaml --stage nlp-sum --batch 4 --cores 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/nlp.yaml --stage nlp-sum --batch 1 2 --cores 0.5 1 2 --duration 3
+	$(BIN)/ipa profile inference_graphs/nlp.yaml --stage nlp-sum --batch 4 8 --cores 1 2 --duration 3
 	$(BIN)/ipa profile import-infadapter ../shared/data/reference/infadapter_resnet_capacity.csv --out profiles/infadapter-resnet.csv
 
 lint: install

@@ -310,26 +310,30 @@ def test_config_can_be_replaced_like_the_loop_does() -> None:
 
 
 SHIPPED = sorted((ROOT / "inference_graphs").glob("*.yaml"))
+LIGHT_RPS = {"audio-qa": 0.1, "audio-sent": 0.1, "sum-qa": 0.1, "nlp": 0.1}
+"""A light load for the speech and text pipelines on their 2-core budget (each request costs 10-100x a vision one)."""
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_graph_is_loaded_and_solved(path: Path) -> None:
-    from adapter.errors import SpecError
-
-    spec = load_spec(path)
-    try:
-        cfg = PolicyConfig.create(spec)
-    except SpecError as e:
-        pytest.skip(f"profiles not shipped yet: {e}")
+    """Every shipped graph has its profiles (measured here), and every policy decides for each."""
+    spec = load_spec(path, require_profiles=True)
+    cfg = PolicyConfig.create(spec)
+    light = LIGHT_RPS.get(spec.name)
     for name in POLICIES:
-        d, _ = decide(ctx(5.0), cfg.with_settings(policy=name))
-        # 5 rps fits every shipped graph, except the video pipeline for the policies whose fixed choices cannot
+        d, _ = decide(ctx(light or 5.0), cfg.with_settings(policy=name))
+        assert len(d.stages) == len(spec.stages)
+        if light is not None:  # a baseline's fixed choices (fa2-high's accurate variants, static) may not fit
+            assert d.status == "optimal" or (d.status == "degraded" and d.reason), (name, d.reason)
+            continue
+        # 5 rps fits every vision graph, except the video pipeline for the policies whose fixed choices cannot
         # meet its 600 ms SLO with queueing counted (see DEGRADED_AT_20_RPS)
         fixed = spec.name == "video-monitoring" and name in DEGRADED_AT_20_RPS
         assert d.status == ("degraded" if fixed else "optimal"), (name, d.reason)
-        assert len(d.stages) == len(spec.stages)
-    joint = decide(ctx(1.0), cfg)[0]
-    assert joint.status == "optimal", joint.reason
+    for name in ("joint", "ipa", "fa2-low", "rim"):
+        d = decide(ctx(light or 1.0), cfg.with_settings(policy=name))[0]
+        assert d.status == "optimal", (name, d.reason)
+        assert d.predicted_latency_ms <= spec.slo_ms
 
 
 def test_an_equally_good_deployment_in_force_is_kept() -> None:

@@ -438,3 +438,18 @@ def test_sponge_decides_for_the_slo_minus_the_network_delay_requests_arrived_wit
     run = simulate(spec, trace, "sponge", profiles=profiles, seed=0, arrivals=arrivals, budgets_ms=budgets)
     decided = [t.decision.slo_ms for t in run.ticks if t.t > 0]
     assert decided and all(math.isclose(s, spec.slo_ms - 60.0) for s in decided), decided
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "inference_graphs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_graph_is_simulated(path: Path) -> None:
+    """Every shipped graph replays a light load (1 rps for a minute) with the joint policy on their measured
+    profiles: every request is accounted for, and almost all are answered."""
+    spec = load_spec(path, require_profiles=True)
+    result = simulate(spec, np.full(60, 1.0), "joint", seed=0)
+    frame = result.frame
+    assert (frame["served"] + frame["dropped"] == frame["load"]).all()
+    assert frame["served"].sum() >= 0.9 * frame["load"].sum(), result.drops
+    assert {s.name for s in result.ticks[-1].decision.stages} == {s.name for s in spec.stages}

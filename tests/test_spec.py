@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
-from adapter.errors import SpecError
 from adapter.profiling.profile import load_graph_profiles
 from adapter.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = sorted((ROOT / "inference_graphs").glob("*.yaml"))
-MEASURED = {"resnet", "video-monitoring", "infadapter-resnet"}  # shipped with measured profiles
 
 GOOD = """\
 name: tiny
@@ -144,19 +142,15 @@ def test_shipped_spec_loads(graph: Path) -> None:
     for stage in spec.stages:
         assert stage.variants and all(0 < v.accuracy <= 100 for v in stage.variants)
         assert stage.static_config().variant in {v.name for v in stage.variants}
-    if graph.stem in MEASURED:
-        profiles = load_graph_profiles(load_spec(graph, require_profiles=True))
-        for stage in spec.stages:
-            prof = profiles[stage.name]
-            assert {v.name for v in stage.variants} <= set(prof.variants())
-            for v in stage.variants:  # the optimizer asks for every choice the spec offers
-                for b in stage.batch_sizes:
-                    for c in stage.cores:
-                        pt = prof.point(v.name, b, c)
-                        assert pt.p99_ms >= pt.p50_ms > 0 and pt.throughput_rps > 0
-    else:
-        with pytest.raises(SpecError, match=r"stages\[0\]\.profile: profile missing: .*run `ipa profile"):
-            load_spec(graph, require_profiles=True)
+    profiles = load_graph_profiles(load_spec(graph, require_profiles=True))  # every shipped graph is measured
+    for stage in spec.stages:
+        prof = profiles[stage.name]
+        assert {v.name for v in stage.variants} <= set(prof.variants())
+        for v in stage.variants:  # the optimizer asks for every choice the spec offers
+            for b in stage.batch_sizes:
+                for c in stage.cores:
+                    pt = prof.point(v.name, b, c)
+                    assert pt.p99_ms >= pt.p50_ms > 0 and pt.throughput_rps > 0
 
 
 def test_shipped_specs_check_and_show(capsys: pytest.CaptureFixture[str]) -> None:
