@@ -30,7 +30,8 @@ def free_port() -> int:
 class Server:
     """`mlserver start` on loopback, free ports, own process group, pinned to `cpus`."""
 
-    def __init__(self, repo: Path, cpus: set[int] | None, log: Path) -> None:
+    def __init__(self, repo: Path, cpus: set[int] | None, log: Path, command: list[str] | None = None) -> None:
+        """`command`: the server to start (default `mlserver start`), given the repository folder."""
         repo = repo.resolve()
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         settings = {"parallel_workers": 0, "host": "127.0.0.1", "http_port": self.http_port,
@@ -49,7 +50,7 @@ class Server:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "mlserver"), "start", str(repo)],
+                [*(command or [str(Path(sys.executable).parent / "mlserver"), "start"]), str(repo)],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=repo, preexec_fn=child_setup,
             )
         self.url = f"http://127.0.0.1:{self.http_port}"

@@ -1,4 +1,5 @@
-"""The whole system on one machine: router, local cluster, adapter and its REST API in one process (`ipa up`).
+"""The whole system on one machine: the router (its own process), the local cluster, the adapter and its REST API
+(`ipa up`).
 
     async with EmbeddedPipeline(spec, UpSettings(policy="joint", port=8080, adapter_port=8090)) as up:
         up.endpoint      # <router>/v2/models/<pipeline>/infer: the pipeline as one V2 model
@@ -29,6 +30,7 @@ from adapter.control.api import ApiSettings, create_app
 from adapter.control.loop import AdaptationLoop
 from adapter.control.monitor import DirectSource, MetricsSource
 from adapter.control.monitor_prometheus import PrometheusSettings, PrometheusSource
+from adapter.control.router_process import RouterProcess
 from adapter.control.service import AdapterService, AdapterSettings, DecisionRecord
 from adapter.decision.policy_types import PolicyConfig, PolicySettings
 from adapter.errors import UsageError
@@ -39,9 +41,6 @@ from adapter.executors.local.settings import LocalClusterSettings
 from adapter.executors.local.state import ipa_home, write_text_atomic
 from adapter.spec import GraphSpec
 from mlserver_ipa.auth import TOKEN_FILE_ENV, load_token, write_token_file
-from mlserver_ipa.route_table import Upstreams
-from mlserver_ipa.router import PipelineRouter
-from mlserver_ipa.router import create_app as create_router_app
 from mlserver_ipa.router import serve_app as serve_asgi
 
 UP_FILE = "up.json"
@@ -170,12 +169,14 @@ class EmbeddedPipeline:
         if self._owns_token_file:  # one token for every component of the pipeline
             self.token = write_token_file(self.token_file, self.token or None)
             self._stack.callback(self.token_file.unlink, missing_ok=True)
-        # The router sends only to replicas this cluster started (and writes to its table need the token).
-        router = PipelineRouter(spec.name, [st.name for st in spec.stages], upstreams=Upstreams(
-            addresses=lambda: self.cluster.replica_addresses() if self.cluster is not None else set()))
-        self._stack.push_async_callback(router.aclose)
-        self.router_url = await self._stack.enter_async_context(
-            serve_app(create_router_app(router, self.token), s.host, s.port))
+        # The router is its own process (`router_process`): a burst cannot starve the adapter's loop, nor the
+        # adapter the router's. It sends only to loopback replicas, and writes to its table need the token.
+        router_process = await self._stack.enter_async_context(RouterProcess(
+            spec.name, [st.name for st in spec.stages], host=s.host, port=s.port, token_file=self.token_file,
+            log=self.home / spec.name / "router.log"))
+        assert router_process.client is not None
+        router = router_process.client
+        self.router_url = router_process.url
         executor: Executor
         if s.dry_run:
             executor = DryRunExecutor()

@@ -1,0 +1,157 @@
+"""Overload through the real data plane: a 3x burst, then nominal load again. Prints the issue-12 targets.
+
+    python benchmarks/overload.py [--models build/models/resnet] [--variant resnet18] [--batch 4] [--slo-ms 250]
+                                  [--burst-s 30] [--calm-s 20] [--seed 0]
+
+One replica (`python -m mlserver_ipa.server`, the local cluster's) behind the router in its own process
+(`adapter.control.router_process`), requests carrying the SLO as `deadline_ms`. First the capacity: requests per second answered 200 (within
+their deadline) by a closed loop of 8 clients. Then open-loop
+Poisson arrivals: nominal (60 % of capacity) for `--calm-s`, 3x nominal for `--burst-s`, nominal for `--calm-s`.
+
+Printed, against the targets: goodput during the burst (200s within deadline per second) as a share of the
+capacity (>= 90 %); late 200s (answered 200 after the deadline, measured at the client from the scheduled send:
+0); p99 of answered requests per phase (<= SLO); seconds after the burst until every 1-s window's p99 is under
+the SLO again (<= 5 s); the router's RSS after vs before (within 10 %). One run is noisy on a shared machine:
+run it more than once and quote the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from adapter.control.router_process import RouterProcess
+from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
+from mlserver_ipa.auth import write_token_file
+from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_harness import Server  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def repository(models: Path, variant: str, batch: int, out: Path) -> tuple[Path, str]:
+    """A copy of the demo family folder with `variant` active at `batch`, and its model name."""
+    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
+    settings_file = next(out.rglob("model-settings.json"))
+    settings = json.loads(settings_file.read_text())
+    settings["parameters"]["extra"].update(active=variant, batch_size=batch, max_batch_time_ms=5)
+    settings_file.write_text(json.dumps(settings))
+    return out, settings.get("name", settings_file.parent.name)
+
+
+async def capacity(url: str, pipeline: str, payload: V2Payload, slo_ms: float, seconds: float = 8.0) -> float:
+    """Requests per second answered 200 (so within their deadline, which the router and replica hold) by a
+    closed loop of 8 clients: enough to keep a batch served and the next forming."""
+    ok = 0
+    stop = time.monotonic() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+
+        async def client() -> None:
+            nonlocal ok
+            body = payload.body({"deadline_ms": slo_ms})
+            while time.monotonic() < stop:
+                r = await c.post(f"/v2/models/{pipeline}/infer", content=body,
+                                 headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    ok += 1
+
+        await asyncio.gather(*(client() for _ in range(8)))
+    return ok / seconds
+
+
+def phases(records: list[RequestRecord], calm_s: float, burst_s: float, slo_ms: float) -> dict[str, float]:
+    def p99(rs: list[RequestRecord]) -> float:
+        lat = [r.latency_ms for r in rs if r.status == 200]
+        return float(np.percentile(lat, 99)) if lat else float("nan")
+
+    def within(r: RequestRecord) -> bool:
+        return r.status == 200 and r.latency_ms <= slo_ms
+
+    burst = [r for r in records if calm_s <= r.scheduled_s < calm_s + burst_s]
+    after = [r for r in records if r.scheduled_s >= calm_s + burst_s]
+    end = calm_s + burst_s
+    recovered = float("nan")
+    for t in np.arange(end, end + calm_s, 0.5):
+        later = [r for r in after if r.scheduled_s >= t]
+        windows = [[r for r in later if w <= r.scheduled_s < w + 1] for w in np.arange(t, end + calm_s - 1, 1.0)]
+        if all(not w or p99(w) <= slo_ms for w in windows):
+            recovered = float(t - end)
+            break
+    return {
+        "burst_goodput_rps": sum(map(within, burst)) / burst_s,
+        "late_200": float(sum(1 for r in records if r.status == 200 and r.latency_ms > slo_ms)),
+        "p99_before": p99([r for r in records if r.scheduled_s < calm_s]),
+        "p99_burst": p99(burst),
+        "p99_after": p99(after),
+        "recovered_s": recovered,
+        "shed_share_burst": sum(1 for r in burst if r.status in (503, 504)) / max(1, len(burst)),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("build/models/resnet"))
+    parser.add_argument("--variant", default="resnet18")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--slo-ms", type=float, default=250.0)
+    parser.add_argument("--burst-s", type=float, default=30.0)
+    parser.add_argument("--calm-s", type=float, default=20.0)
+    parser.add_argument("--resolution", type=int, default=64, help="the demo family's image size")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ipa-overload-"))
+    repo, model = repository(args.models, args.variant, args.batch, tmp / "repo")
+    replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
+    token_file = tmp / "router.token"
+    write_token_file(token_file, replica.token)
+    try:
+        replica.wait_ready([model])
+        async with RouterProcess("bench", ["classifier"], port=0, token_file=token_file,
+                                 log=tmp / "router.log") as router:
+            assert router.client is not None and router.proc is not None
+            await router.client.update_stage("classifier", StageRoute(model=model, groups=[RouteGroup(
+                variant=args.variant, replicas=[ReplicaRoute(id="c-0", url=replica.url, batch_size=args.batch)])]))
+            payload = V2Payload.random(args.resolution)
+            cap = await capacity(router.url, "bench", payload, args.slo_ms)
+            nominal = 0.6 * cap
+            rates = [nominal] * int(args.calm_s) + [3 * nominal] * int(args.burst_s) + [nominal] * int(args.calm_s)
+            rng = np.random.default_rng(args.seed)
+            times = np.sort(np.concatenate([s + rng.random(rng.poisson(r)) for s, r in enumerate(rates)]))
+            plan = LoadPlan(times, float(len(rates)), np.full(len(times), args.slo_ms))
+            rss_before = rss_mb(router.proc.pid)
+            records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30)
+            await asyncio.sleep(2)
+            rss_after = rss_mb(router.proc.pid)
+    finally:
+        replica.stop()
+    r = phases(records, args.calm_s, args.burst_s, args.slo_ms)
+    print(f"replica {args.variant} batch {args.batch}, SLO {args.slo_ms:g} ms; capacity within SLO {cap:.1f} rps; "
+          f"nominal {nominal:.1f} rps, burst {3 * nominal:.1f} rps for {args.burst_s:g} s; {len(records)} requests")
+    print(f"goodput during burst   {r['burst_goodput_rps']:.1f} rps = {r['burst_goodput_rps'] / cap:.0%} of capacity "
+          f"(target >= 90 %); shed {r['shed_share_burst']:.0%} of the burst")
+    print(f"late 200s              {r['late_200']:.0f} (target 0; client-side, from the scheduled send)")
+    print(f"p99 answered           before {r['p99_before']:.0f} ms, burst {r['p99_burst']:.0f} ms, after "
+          f"{r['p99_after']:.0f} ms (target <= {args.slo_ms:g})")
+    print(f"recovered              {r['recovered_s']:.1f} s after the burst (target <= 5 s)")
+    print(f"router RSS             {rss_before:.0f} MB -> {rss_after:.0f} MB ({rss_after / rss_before - 1:+.0%}; "
+          "target within 10 %)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
