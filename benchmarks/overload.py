@@ -1,7 +1,7 @@
 """Overload through the real data plane: a 3x burst, then nominal load again. Prints the issue-12 targets.
 
     python benchmarks/overload.py [--models build/models/resnet] [--variant resnet18] [--batch 4] [--slo-ms 250]
-                                  [--burst-s 30] [--calm-s 20] [--seed 0]
+                                  [--burst-s 30] [--calm-s 20] [--seed 0] [--absolute]
 
 One replica (`python -m mlserver_ipa.server`, the local cluster's) behind the router in its own process
 (`adapter.control.router_process`), requests carrying the SLO as `deadline_ms`. First the capacity: requests per second answered 200 (within
@@ -114,6 +114,8 @@ async def main() -> None:
     parser.add_argument("--calm-s", type=float, default=20.0)
     parser.add_argument("--resolution", type=int, default=64, help="the demo family's image size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--absolute", action="store_true",
+                        help="requests carry their deadline as `ipa-deadline` from their scheduled send")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ipa-overload-"))
     repo, model = repository(args.models, args.variant, args.batch, tmp / "repo")
@@ -135,7 +137,8 @@ async def main() -> None:
             times = np.sort(np.concatenate([s + rng.random(rng.poisson(r)) for s, r in enumerate(rates)]))
             plan = LoadPlan(times, float(len(rates)), np.full(len(times), args.slo_ms))
             rss_before = rss_mb(router.proc.pid)
-            records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30)
+            records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
+                                     absolute_deadlines=args.absolute)
             await asyncio.sleep(2)
             rss_after = rss_mb(router.proc.pid)
     finally:

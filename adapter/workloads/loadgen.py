@@ -19,6 +19,7 @@ import asyncio
 import csv
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
@@ -30,6 +31,7 @@ import numpy as np
 from adapter.errors import UsageError
 from adapter.workloads.slo import SLOSource
 from adapter.workloads.traces import Trace, arrival_times
+from mlserver_ipa.deadlines import DEADLINE_HEADER, format_epoch_ms
 
 
 @dataclass(frozen=True)
@@ -135,11 +137,14 @@ async def run_load(
     timeout_s: float = 30.0,
     max_connections: int = 1024,
     on_record: Callable[[RequestRecord], None] | None = None,
+    absolute_deadlines: bool = False,
 ) -> list[RequestRecord]:
     """Send `plan` to `url` (`/v2/models/<model>/infer` is appended) open-loop; the records in plan order.
 
     `max_connections` bounds the sockets open at once; a request waiting for one is already late, and its
-    latency (from the scheduled time) says so.
+    latency (from the scheduled time) says so. `absolute_deadlines`: each request also carries its deadline as
+    an absolute `ipa-deadline` header counted from its scheduled send, so the servers shed what this generator
+    sent late (off by default: the demo's figures count the deadline from the router's arrival stamp).
     """
     endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
     loop = asyncio.get_running_loop()
@@ -162,8 +167,14 @@ async def run_load(
                 params["priority"] = plan.priority
             sent = loop.time()
             status, error, variant = 0, "", ""
+            request_headers = headers
+            if deadline is not None and absolute_deadlines:
+                # The deadline runs from the scheduled send, as the latency does: a request this generator sends
+                # late is already late for the router too (`mlserver_ipa.deadlines`, header `ipa-deadline`).
+                at_ms = (time.time() + (start + scheduled - sent)) * 1000 + deadline
+                request_headers = {**headers, DEADLINE_HEADER: format_epoch_ms(at_ms)}
             try:
-                response = await client.post(endpoint, content=payload.body(params, index), headers=headers)
+                response = await client.post(endpoint, content=payload.body(params, index), headers=request_headers)
                 status = response.status_code
                 if status == 200:
                     answer = response.json().get("parameters") or {}
