@@ -58,6 +58,9 @@ class Admission:
         if self._checks.get(model) is check:
             del self._checks[model]
 
+    def knows(self, model: str) -> bool:
+        return model in self._checks
+
     def check(self, model: str, deadline_epoch_ms: float) -> str | None:
         found = self._checks.get(model)
         return None if found is None else found(deadline_epoch_ms)
@@ -101,8 +104,10 @@ class DeadlineMiddleware:
             return 400, str(e)
         if deadline is None:
             return None
+        # The runtime decides for its models (with `on_late: serve` it serves even a late request); for a model of
+        # another runtime only a deadline already gone is known.
         reason = self.admission.check(model, deadline)
-        if reason is None and deadline <= now_ms:  # a model of another runtime: only a gone deadline is known
+        if reason is None and not self.admission.knows(model) and deadline <= now_ms:
             reason = f"deadline exceeded on arrival at model {model!r} ({now_ms - deadline:.1f} ms late)"
         return None if reason is None else (504, reason)
 
