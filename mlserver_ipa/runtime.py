@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import time
 from collections import defaultdict
@@ -66,6 +65,7 @@ from mlserver_ipa.errors import (
 )
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
+from mlserver_ipa.request_parameters import parse_control, parse_slo, string_parameters
 from mlserver_ipa.session import Session, SessionHolder
 from mlserver_ipa.settings import (
     THREADS_PER_CORE,
@@ -154,7 +154,7 @@ class VariantRuntime(MLModel):
                 check(request.headers.get("authorization"), self._token)
             except TokenError as e:
                 raise (Unauthorized if e.status == 401 else WritesDisabled)(str(e)) from None
-            return (await self.apply(_parse_control(await request.body()))).model_dump(exclude_none=True)
+            return (await self.apply(parse_control(await request.body()))).model_dump(exclude_none=True)
 
         register_custom_handler(CustomHandler(rest_path=path, rest_method="GET"), control_state)
         register_custom_handler(CustomHandler(rest_path=path, rest_method="POST"), control_apply)
@@ -197,8 +197,8 @@ class VariantRuntime(MLModel):
         now = self._clock()
         if payload.id is not None and len(payload.id) > self.config.max_request_id_chars:
             raise InvalidInput(f"id has {len(payload.id)} characters; at most {self.config.max_request_id_chars}")
-        slo = _parse_slo(payload.parameters)
-        passed = _string_parameters(payload.parameters)
+        slo = parse_slo(payload.parameters)
+        passed = string_parameters(payload.parameters)
         headers = payload.parameters.headers if payload.parameters else None
         arrival = self._arrival(headers, now)
         deadline = self._deadline(slo, headers, arrival)
@@ -441,41 +441,3 @@ class VariantRuntime(MLModel):
     @staticmethod
     def _policy(cfg: RuntimeSettings) -> BatchPolicy:
         return BatchPolicy(cfg.batch_size, cfg.max_batch_time_ms / 1000, cfg.on_late)
-
-
-def _parse_slo(parameters: Parameters | None) -> RequestSLO:
-    if parameters is None:
-        return RequestSLO()
-    try:
-        return RequestSLO.model_validate(parameters.model_dump(include={"deadline_ms", "deadline_at_ms", "priority"}))
-    except ValidationError as e:
-        raise InvalidInput(f"parameters: {describe_validation_error(e)}") from e
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-OWN_PARAMETERS = {"deadline_ms", "priority", "variant", "batch_size", "batch_id", "queue_ms", "service_ms",
-                  "content_type", "headers"}
-
-
-def _string_parameters(parameters: Parameters | None) -> dict[str, str]:
-    """The request's string parameters other than the runtime's own: echoed, and text inputs by name."""
-    if parameters is None:
-        return {}
-    data = parameters.model_dump(exclude_none=True)
-    return {k: v for k, v in data.items() if isinstance(v, str) and k not in OWN_PARAMETERS}
-
-
-def _parse_control(body: bytes) -> ControlRequest:
-    try:
-        data = json.loads(body or b"{}", parse_constant=_refuse_constant)
-    except ValueError as e:
-        raise InvalidControl(f"control body is not JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise InvalidControl("control body must be a JSON object")
-    try:
-        return ControlRequest.model_validate(data)
-    except ValidationError as e:
-        raise InvalidControl(describe_validation_error(e)) from e
