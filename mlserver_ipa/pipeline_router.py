@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -36,7 +36,7 @@ from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
 from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
 from mlserver_ipa.settings import MAX_DEADLINE_MS
 
-ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+")]  # the routes that change what the router does
+ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+"), ("PUT", r"/router/upstreams")]  # what changes the router
 MAX_REQUEST_ID_CHARS = 128
 
 CHAIN_OUTPUT, CHAIN_INPUT = "output", "input"
@@ -139,6 +139,12 @@ class PipelineRouter:
         self.table.set_route(stage, route)
         self._dispatch[stage].wake()  # new replicas: new slots
         return await self.stage_status(stage)
+
+    async def set_upstreams(self, addresses: Collection[str]) -> None:
+        """The `host:port` of every replica the cluster started: from now on, the only ones a route may name
+        (routes already set stay until replaced)."""
+        allowed = frozenset(addresses)
+        self.table.upstreams = replace(self.table.upstreams, addresses=lambda: allowed)
 
     async def stage_status(self, stage: str) -> StageStatus:
         return self.table.stage_status(stage).model_copy(update={"waiting": len(self._dispatch[stage].queue)})

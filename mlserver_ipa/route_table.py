@@ -11,12 +11,16 @@ executor can wait until a replica it took out has finished its last request befo
 What a route may name is checked when it is set (`Upstreams`): replica URLs are `http(s)://host:port` with
 nothing after the port, on an allowed host (loopback unless told otherwise) and, when the executor says which
 replicas it started, one of their addresses; model, variant and replica names have no path characters. A
-route that does not pass is refused whole (`ValueError`), the previous one stays.
+route that does not pass is refused whole (`ValueError`; `ForbiddenUpstream` for a well-formed URL the router may
+not send to), the previous one stays. The executor sends that list (`UpstreamList`, `PUT /router/upstreams` when the
+router runs as its own process) before every route it writes; until it first does, any port of an allowed host
+passes.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -48,6 +52,30 @@ def replica_address(url: str) -> str:
     return f"{parts.hostname}:{port}"
 
 
+class ForbiddenUpstream(ValueError):
+    """A well-formed replica URL the router may not send to: another host, or no replica the cluster started."""
+
+
+ADDRESS_PATTERN = r"^[A-Za-z0-9._-]{1,253}:[0-9]{1,5}$"
+
+
+class UpstreamList(BaseModel):
+    """Body of `PUT /router/upstreams`: the `host:port` of every replica the cluster started (the allow-list)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    addresses: list[str] = Field(max_length=8 * MAX_REPLICAS,
+                                 description="e.g. `127.0.0.1:8081`; replaces the previous list")
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        bad = [a for a in addresses if not re.fullmatch(ADDRESS_PATTERN, a) or not 0 < int(a.rsplit(":", 1)[1]) < 65536]
+        if bad:
+            raise ValueError(f"not host:port: {', '.join(repr(a) for a in bad[:5])}")
+        return addresses
+
+
 @dataclass
 class Upstreams:
     """Where the router may send a stage's requests (see module doc)."""
@@ -61,10 +89,10 @@ class Upstreams:
         address = replica_address(url)
         host = address.rsplit(":", 1)[0]
         if host not in self.hosts:
-            raise ValueError(f"replica url {url!r}: host {host!r} is not one the router sends to "
+            raise ForbiddenUpstream(f"replica url {url!r}: host {host!r} is not one the router sends to "
                              f"({', '.join(sorted(self.hosts))})")
         if self.addresses is not None and address not in set(self.addresses()):
-            raise ValueError(f"replica url {url!r}: {address} is not a replica the cluster started")
+            raise ForbiddenUpstream(f"replica url {url!r}: {address} is not a replica the cluster started")
 
 
 class ReplicaRoute(BaseModel):

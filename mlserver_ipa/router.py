@@ -18,9 +18,11 @@ deadline allows (inference is idempotent). Errors come in the V2 shape `{"error"
 
 The table is changed in place: by the executor in the same process (`await router.update_stage(...)`), or over
 HTTP (`PUT /router/stages/<stage>` with a `StageRoute` body; `RouterClient` does it) when the router runs as
-its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`. That write needs the
-pipeline's token (`mlserver_ipa.auth`: 401, or 403 without one); a route to a replica the router may not send to
-is 422 (`route_table.Upstreams`). Reads stay open; every connection has the request limits (`limits`).
+its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`. The executor also
+sends the `host:port` of every replica it started (`PUT /router/upstreams` with an `UpstreamList`; `set_upstreams`):
+from then on a route naming any other address is refused 403, as one naming another host always is; a route that
+is not well formed is 422 (`route_table`). Both writes need the pipeline's token (`mlserver_ipa.auth`: 401, or 403
+without one). Reads stay open; every connection has the request limits (`limits`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import httpx
@@ -51,7 +53,7 @@ from mlserver_ipa.pipeline_router import (
     PipelineRouter,
 )
 from mlserver_ipa.protocol import uvicorn_options
-from mlserver_ipa.route_table import RouterStatus, StageRoute, StageStatus
+from mlserver_ipa.route_table import ForbiddenUpstream, RouterStatus, StageRoute, StageStatus, UpstreamList
 
 __all__ = ["PipelineError", "PipelineRouter", "RouterClient", "create_app", "main", "serve", "serve_app"]
 
@@ -131,8 +133,15 @@ def create_app(router: PipelineRouter, token: str | None = None) -> FastAPI:
             return _error(404, f"no stage {stage!r}; stages: {', '.join(router.stages)}")
         try:
             return JSONResponse((await router.update_stage(stage, route)).model_dump())
+        except ForbiddenUpstream as e:
+            return _error(403, str(e))
         except ValueError as e:
             return _error(422, str(e))
+
+    @app.put("/router/upstreams")
+    async def put_upstreams(upstreams: UpstreamList) -> Response:
+        await router.set_upstreams(upstreams.addresses)
+        return JSONResponse({"addresses": sorted(set(upstreams.addresses))})
 
     return app
 
@@ -148,6 +157,10 @@ class RouterClient:
         resp = await self._client.put(f"/router/stages/{stage}", json=route.model_dump())
         resp.raise_for_status()
         return StageStatus.model_validate(resp.json())
+
+    async def set_upstreams(self, addresses: Collection[str]) -> None:
+        resp = await self._client.put("/router/upstreams", json={"addresses": sorted(addresses)})
+        resp.raise_for_status()
 
     async def stage_status(self, stage: str) -> StageStatus:
         resp = await self._client.get(f"/router/stages/{stage}")

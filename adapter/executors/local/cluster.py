@@ -18,7 +18,8 @@ variant and batch in place; the router gets the decided load shares; replicas no
 router, finish their outstanding requests (drain) and are stopped. Each step is tried `retries` times and then
 reported in the `ApplyResult`; if new replicas of a stage could not start, as many old ones are kept.
 
-A replica process that exits on its own is noticed at once (a watcher awaits every process), leaves the
+The router gets the `host:port` of every replica started before every route written (its allow-list: a route
+naming anything else is refused). A replica process that exits on its own is noticed at once (a watcher awaits every process), leaves the
 router and is replaced by one with the same configuration. `shutdown()` stops every process group and removes
 every cgroup; replicas die with the cluster process even when it is killed (PR_SET_PDEATHSIG), and cgroups
 left by a killed run are removed at the next start.
@@ -98,6 +99,7 @@ class LocalCluster:
         self.targets_file = self.state_file.with_name(TARGETS_FILE)
         self._targets = ""
         self._lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._crashes = 0
         self._last: ApplyResult = ApplyResult()
@@ -354,15 +356,19 @@ class LocalCluster:
     # -- routing and state -----------------------------------------------------------------------------
 
     async def _publish(self, st: ClusterStage) -> None:
+        """The stage's route to the router, after the allow-list of every replica started (so the route's
+        replicas are on it, and a replica gone is no longer)."""
         if self.router is not None:
-            async with st.publish_lock:
+            async with self._publish_lock:
+                await self.router.set_upstreams(self.replica_addresses())
                 await self.router.update_stage(st.name, st.route())
         await self._write_state()
 
     def replica_addresses(self) -> set[str]:
-        """`host:port` of every replica process this cluster runs: the only places the router may send to."""
+        """`host:port` of every replica process this cluster runs (started, serving or draining): the only places
+        the router may send to (a port of a replica gone may be another process's next)."""
         return {f"{HOST}:{r.process.http_port}" for st in self._stages.values() for r in st.replicas
-                if r.process.http_port}
+                if r.process.http_port and r.phase in ("starting", "ready", "draining")}
 
     def metrics_urls(self) -> dict[str, list[str]]:
         """Per stage, the Prometheus endpoints of its ready replicas (what the adapter's monitor scrapes)."""

@@ -3,7 +3,7 @@ shares, and the router's table built from them; and the router as the cluster se
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,6 +15,8 @@ from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute, Stage
 
 class RouteTarget(Protocol):
     """The pipeline router's table as the cluster sees it: `PipelineRouter` in process, `RouterClient` over HTTP."""
+
+    async def set_upstreams(self, addresses: Collection[str]) -> None: ...
 
     async def update_stage(self, stage: str, route: StageRoute) -> StageStatus: ...
 
@@ -36,7 +38,6 @@ class ClusterStage:
     shares: dict[str, float] = field(default_factory=dict)
     targets: list[ReplicaConfig] = field(default_factory=list)  # the replicas last decided
     next_index: int = 0
-    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def name(self) -> str:
