@@ -199,6 +199,18 @@ def variant_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
+    """A V2 JSON body of `rows` random images at SMALL_RESOLUTION for the `input` tensor, with `parameters`."""
+    import numpy as np
+
+    x = np.random.default_rng(0).random((rows, 3, SMALL_RESOLUTION, SMALL_RESOLUTION), dtype=np.float32)
+    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                        "data": x.ravel().tolist()}]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
 def write_model_settings(repo: Path, name: str, **extra: Any) -> Path:
     """Copy-on-write helper: a new repository folder beside `repo` whose model `name` has `extra` merged into
     `parameters.extra` (the ONNX files are linked, not copied)."""

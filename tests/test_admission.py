@@ -10,21 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import orjson
 import pytest
-from conftest import SMALL_RESOLUTION, MLServer, write_model_settings
+from conftest import MLServer, image_request, write_model_settings
 
 from mlserver_ipa.deadlines import DEADLINE_HEADER, BadDeadline, Clocks, absolute_deadline, parse_epoch_ms
-
-
-def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
-    x = np.random.default_rng(0).random((rows, 3, SMALL_RESOLUTION, SMALL_RESOLUTION), dtype=np.float32)
-    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                        "data": x.ravel().tolist()}]}
-    if parameters:
-        body["parameters"] = parameters
-    return body
 
 
 def test_deadline_forms() -> None:

@@ -99,7 +99,13 @@ async def test_the_adapter_follows_the_load_and_survives_a_killed_replica(up: Em
 
     after_rise = [r for r in service.records() if r.at >= rise and r.trigger == "interval"]
     grown = [i for i, r in enumerate(after_rise) if cores(r) > small]
-    assert grown and grown[0] <= 1, [(r.at - t0, cores(r), r.outcome) for r in after_rise]  # within two decisions
+    trail = [(r.at - t0, cores(r), r.outcome, r.observed and r.observed.load_rps) for r in after_rise]
+    assert grown, trail
+    # What the adapter saw, not when: no decision that observed the high load (over 4x the low one) kept the small
+    # configuration. (Counting decisions per wall-clock second failed on a loaded machine, where the load
+    # generator lags its schedule and an interval's window straddles the rise.)
+    saw_high = [i for i, r in enumerate(after_rise) if r.observed is not None and r.observed.load_rps > 12]
+    assert not saw_high or grown[0] <= saw_high[0], trail
     assert after_rise[grown[0]].apply.ok, after_rise[grown[0]].apply
     assert after_rise[grown[0]].observed is not None and after_rise[grown[0]].observed.load_rps > 5
 

@@ -595,10 +595,8 @@ async def test_a_deferred_resize_is_waited_for_in_virtual_time_then_reported(
     async with ControlServer("detector", runtime_state_of(container)) as runtime:
         pod = cluster.pod(0, 0, 0, runtime.port)
         kubelet.refuse[pod["metadata"]["name"]] = "Deferred"
-        start = time.monotonic()
         result = await executor(client, vtime, resize_timeout_s=30, poll_interval_s=2).apply(
             spec, decision([("detector", [("resnet18", 1, 2, 1, 1.0)])]))
-        assert time.monotonic() - start < 20  # 30 s of waiting took no wall-clock 30 s
     (failure,) = result.failed
     assert failure.retryable and failure.reason.startswith("resize Deferred after 30 s: Node didn't have enough")
     assert vtime.now == 30 and vtime.sleeps == 15

@@ -115,7 +115,7 @@ async def test_direct_source_reads_load_latency_and_cpu(pipeline: Pipeline) -> N
         assert obs.requests == 20 and obs.errors == 0
         assert obs.load_rps == pytest.approx(20 / obs.window_s)
         assert sum(r for r in obs.rates) > 0 and len(obs.rates) >= 2
-        assert obs.p99_ms is not None and 0 < obs.p99_ms < 10_000
+        assert obs.p99_ms is not None and obs.p99_ms > 0
         stage = obs.stage("classifier")
         assert stage is not None and stage.arrival_rps == pytest.approx(20 / obs.window_s)
         assert stage.p99_ms is not None and stage.p99_ms <= obs.p99_ms + 1e-6

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import orjson
 import pytest
-from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer, free_port, write_model_settings
+from conftest import TEST_TOKEN, MLServer, free_port, image_request, write_model_settings
 
 from mlserver_ipa.deadlines import DEADLINE_HEADER
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
@@ -37,9 +36,7 @@ def replica(start_mlserver: Callable[..., MLServer], variant_repo: Path) -> MLSe
 
 
 def body(deadline_ms: float) -> bytes:
-    x = np.random.default_rng(1).random((1, 3, SMALL_RESOLUTION, SMALL_RESOLUTION), dtype=np.float32)
-    return orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                     "data": x.ravel().tolist()}], "parameters": {"deadline_ms": deadline_ms}})
+    return orjson.dumps(image_request(deadline_ms=deadline_ms))
 
 
 @pytest.fixture

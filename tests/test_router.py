@@ -7,12 +7,10 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer, free_port
+from conftest import TEST_TOKEN, MLServer, free_port, image_request
 
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute, Upstreams
 from mlserver_ipa.router import PipelineError, PipelineRouter, RouterClient, serve
@@ -87,15 +85,6 @@ def test_replica_ids_must_be_unique() -> None:
 @pytest.fixture(scope="module")
 def stage_server(start_mlserver: Callable[..., MLServer], variant_repo: Path) -> MLServer:
     return start_mlserver(variant_repo)
-
-
-def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
-    x = np.random.default_rng(0).random((rows, 3, SMALL_RESOLUTION, SMALL_RESOLUTION), dtype=np.float32)
-    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                        "data": x.ravel().tolist()}]}
-    if parameters:
-        body["parameters"] = parameters
-    return body
 
 
 @pytest.fixture

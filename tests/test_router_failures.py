@@ -10,13 +10,12 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import onnx
 import pytest
-from conftest import SMALL_RESOLUTION, MLServer, write_model_settings
+from conftest import SMALL_RESOLUTION, MLServer, image_request, write_model_settings
 from onnx import TensorProto, helper
 
 from mlserver_ipa.client import V2Client
@@ -24,15 +23,6 @@ from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 from mlserver_ipa.router import PipelineRouter, serve
 
 R = SMALL_RESOLUTION
-
-
-def image_request(rows: int = 1, **parameters: Any) -> dict[str, Any]:
-    x = np.random.default_rng(0).random((rows, 3, R, R), dtype=np.float32)
-    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                        "data": x.ravel().tolist()}]}
-    if parameters:
-        body["parameters"] = parameters
-    return body
 
 
 def group(variant: str, share: float, *replicas: tuple[str, str]) -> RouteGroup:
