@@ -7,8 +7,8 @@ What it adds to MLServer 1.7.1, through MLServer's own REST server options (no p
   every interface);
 - every HTTP connection and request gets the request limits (`mlserver_ipa.limits.RequestLimits`: the
   `ipa_limits` object of `settings.json`, then `$IPA_LIMIT_<FIELD>`), gRPC messages are bounded by the same
-  `max_body_bytes`;
-- writes (MLServer's repository `load` / `unload`, the runtime's control `POST`) need the pipeline's token
+  `max_body_bytes` and their metadata by `max_header_bytes`;
+- writes (repository `load` / `unload` over REST and gRPC, the runtime's control `POST`) need the pipeline's token
   (`$IPA_TOKEN_FILE` or `$IPA_TOKEN`, `mlserver_ipa.auth`); without one they are refused (403). Reads,
   inference, health and metrics stay open;
 - every request's arrival is stamped and an inference whose absolute deadline is gone, or cannot be met by the
@@ -16,7 +16,11 @@ What it adds to MLServer 1.7.1, through MLServer's own REST server options (no p
   (`mlserver_ipa.admission.DeadlineMiddleware`). MLServer has no hook of its own there: its
   `InferenceMiddleware` runs on the decoded `InferenceRequest` (after the JSON became pydantic objects, the cost
   to avoid for a request that will be shed), `settings.extensions` is metadata only, and custom handlers are
-  appended after its own routes, so one cannot take over `/infer`. The wrap of its REST server's protocol is.
+  appended after its own routes, so one cannot take over `/infer`. The wrap of its REST server's protocol is;
+- its gRPC port is served by our own V2 servicer (`mlserver_ipa.grpc_server`: raw tensor contents straight to
+  numpy, the same deadline shedding before decode, the token on repository load/unload) in place of MLServer's
+  (`ReplicaServer`, the one subclass of `MLServer` here, swaps the server object it creates; MLServer is pinned
+  at 1.7.1, whose `_create_servers` this relies on).
 
 A bad limit or an unreadable token file ends it with one line on stderr and exit status 2.
 """
@@ -34,6 +38,7 @@ from typing import Any
 
 from mlserver_ipa.admission import DeadlineMiddleware
 from mlserver_ipa.auth import load_token
+from mlserver_ipa.grpc_server import GrpcServer
 from mlserver_ipa.limits import RequestLimits
 from mlserver_ipa.protocol import guard, uvicorn_options
 
@@ -62,7 +67,6 @@ def read_settings_file(folder: Path) -> dict[str, Any]:
 
 async def start(folder: Path) -> None:
     """Serve the model repository `folder` as `mlserver start` does, with the guards (see module doc)."""
-    from mlserver import MLServer
     from mlserver.cli.serve import load_settings
 
     raw = read_settings_file(folder)
@@ -76,10 +80,21 @@ async def start(folder: Path) -> None:
         settings.host = LOOPBACK
     settings._custom_rest_server_settings = uvicorn_options(
         limits, lambda app: guard(DeadlineMiddleware(app), limits, token, REPLICA_WRITES))
-    if settings.grpc_max_message_length is None:
-        settings.grpc_max_message_length = limits.max_body_bytes
-    server = MLServer(settings)
+    server = replica_server(settings, limits, token)
     await server.start(models)
+
+
+def replica_server(settings: Any, limits: RequestLimits, token: str | None) -> Any:
+    """MLServer with our V2 gRPC server on its gRPC port (see module doc)."""
+    from mlserver import MLServer
+
+    class ReplicaServer(MLServer):  # type: ignore[misc]
+        def _create_servers(self) -> None:
+            super()._create_servers()
+            self._grpc_server = GrpcServer(self._settings, self._data_plane, self._model_repository_handlers,
+                                           limits=limits, token=token)
+
+    return ReplicaServer(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
