@@ -379,6 +379,19 @@ def test_dockerfiles_copy_what_exists_and_agree_with_the_rendered_pods() -> None
         assert "*" in ignore and "!adapter/**" in ignore and "!mlserver_ipa/**" in ignore
 
 
+def test_the_runtime_image_can_build_every_family_a_shipped_graph_uses() -> None:
+    from mlserver_ipa.zoo import FAMILIES
+
+    runtime = (MANIFESTS / "Dockerfile.runtime").read_text()
+    (default,) = [line.split("=", 1)[1].strip('"') for line in runtime.splitlines() if line.startswith("ARG FAMILIES=")]
+    assert set(default.split()) <= set(FAMILIES) and "resnet" in default.split()
+    assert 'for family in $FAMILIES; do ipa models build --family "$family"' in runtime
+    words = set(runtime.replace('"', " ").replace(";", " ").replace(")", " ").split())
+    for path in GRAPHS:  # the header says which families each graph's image needs
+        families = {stage.family or stage.name for stage in load_spec(path).stages}
+        assert families <= set(FAMILIES) and families <= words, (path.name, families - words)
+
+
 # -- ipa manifests ----------------------------------------------------------------------------------------
 
 
