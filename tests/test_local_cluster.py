@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -274,6 +275,45 @@ async def test_a_killed_replica_is_replaced(cluster: tuple[LocalCluster, str],
     await c.shutdown()
     assert_nothing_left(c, await_pids=live)
     assert ipa_status("--home", str(c.settings.home)) == 1
+
+
+async def test_a_replica_that_stops_answering_is_taken_out_and_replaced(
+        variant_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGSTOP: the process lives but answers nothing. Its probes fail, it leaves the router's table, is killed
+    and replaced by a fresh replica of its configuration; requests after that are answered 200."""
+    spec = graph(CLASSIFIER)
+    router = PipelineRouter(spec.name, [s.name for s in spec.stages])
+    settings = LocalClusterSettings(home=tmp_path / "ipa", probe_interval_s=0.2, probe_timeout_s=2.0, probe_failures=3)
+    async with serve(router, port=0) as url, LocalCluster(
+            spec, {"classifier": variant_repo / "resnet"}, router=router, router_url=url, settings=settings) as c:
+        assert (await c.apply(spec, decision(classifier=[group("resnet18", 1, 0.5, 2)]))).ok
+        victim = (await c.state()).stages[0].replicas[0]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            for _ in range(3000):  # a hang guard only: the probes decide, a cold start follows
+                state = await c.state()
+                ready = [r for r in state.stages[0].replicas if r.phase == "ready"]
+                if state.unresponsive and len(ready) == 2 and victim.id not in {r.id for r in state.stages[0].replicas}:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"not replaced: {state}")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim.pid, signal.SIGCONT)
+        assert state.unresponsive == 1 and state.crashes == 0
+        assert sorted(r.restarts for r in ready) == [0, 1]
+        routed = {r.id for r in (await router.stage_status("classifier")).replicas}
+        assert victim.id not in routed and routed == {r.id for r in ready}
+        with pytest.raises(ProcessLookupError):
+            os.kill(victim.pid, 0)
+        async with httpx.AsyncClient(timeout=60) as client:
+            codes = [(await client.post(f"{url}/v2/models/lc/infer", json=image())).status_code for _ in range(6)]
+        assert codes == [200] * 6
+        assert f"replica {victim.id} stopped answering" in capsys.readouterr().err
+        live = pids(state)
+    assert_nothing_left(c, await_pids=live)
 
 
 async def test_a_replica_that_cannot_load_is_reported(variant_repo: Path, tmp_path: Path) -> None:

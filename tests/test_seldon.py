@@ -128,6 +128,10 @@ def test_rendered_deployment_validates_and_chains_the_stages(source: Path | str,
         static = stage.static_config()
         (container,) = cs["spec"]["containers"]
         assert cs["replicas"] == static.replicas
+        # A replica that stops answering leaves its Service and is restarted (kept by the CRD: not pruned).
+        assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+        assert "startupProbe" in container
         res = container["resources"]
         assert res["requests"]["cpu"] == res["limits"]["cpu"] == cpu_quantity(static.cores)
         assert container["resizePolicy"] == [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]

@@ -41,6 +41,8 @@ def format_state(state: ClusterState, now: float) -> str:
         lines.append(f"  endpoint: {state.router_url}/v2/models/{state.pipeline}/infer")
     if state.crashes:
         lines.append(f"  replica crashes since start: {state.crashes}")
+    if state.unresponsive:
+        lines.append(f"  replicas replaced since start for not answering: {state.unresponsive}")
     cols = ("stage", "replica", "phase", "pid", "variant", "batch", "cores", "threads", "in-flight", "url", "metrics")
     rows = [cols]
     for s in state.stages:

@@ -160,6 +160,14 @@ class _AdapterCollector(Collector):
         for outcome, n in sorted(s.outcomes.items()):
             outcomes.add_metric([pipeline, outcome], n)
         yield outcomes
+        replaced: dict[str, int] | None = getattr(s.executor, "replaced", None)  # the local cluster's
+        if replaced is not None:
+            family = CounterMetricFamily("ipa_adapter_replicas_replaced", "Replicas replaced since start, by why "
+                                         "(exited: the process ended; unresponsive: health or metrics did not "
+                                         "answer)", labels=["pipeline", "reason"])
+            for reason, n in sorted(replaced.items()):
+                family.add_metric([pipeline, reason], n)
+            yield family
         latest = s.current()
         if latest is None:
             return

@@ -6,7 +6,8 @@
 
 Layout: one predictor whose graph chains the stages as MODEL nodes (each the only child of the one before),
 one componentSpec per stage with a container named like its node (the MLServer model name Seldon gives it),
-CPU request = limit with `resizePolicy` cpu `NotRequired` so the adapter can resize pods in place. A single-stage
+CPU request = limit with `resizePolicy` cpu `NotRequired` so the adapter can resize pods in place; startup,
+readiness and liveness probes (`PROBES`) take a replica that stops answering out of traffic and restart it. A single-stage
 graph whose decision runs several variants at once (InfAdapter) becomes several predictors whose `traffic`
 sums to 100. The runtime reads its configuration (`parameters.extra` of VariantRuntime: variants, active
 variant, batch size, batch window, threads) from `MLSERVER_MODEL_EXTRA`, MLServer's own environment form of
@@ -51,6 +52,18 @@ the runtime containers and the adapter read it as `$IPA_TOKEN`."""
 # Fixed ports: every stage runs in its own pod, so they never clash, and a PodMonitor can name them.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 9000, 9500, 6000
 METRICS_PATH = "/prometheus"  # Seldon's default MLSERVER_METRICS_ENDPOINT
+PROBES: dict[str, Any] = {
+    # A replica that stops answering is taken out of its Service (readiness) and restarted by the kubelet in the
+    # same pod, variant and CPU (liveness), as the local cluster does (`executors.local.liveness`); a cold start
+    # (a model loading) has up to 5 min before liveness counts.
+    "startupProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5,
+                     "timeoutSeconds": 5, "failureThreshold": 60},
+    "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5,
+                       "timeoutSeconds": 5, "failureThreshold": 2},
+    "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5,
+                      "timeoutSeconds": 5, "failureThreshold": 3},
+}
+"""Probes of every runtime container (Kubernetes' defaults otherwise: none)."""
 SPLIT_PREDICTORS = ("default",) + tuple(f"split-{i}" for i in range(1, 64))
 
 
@@ -304,6 +317,7 @@ def _container(stage: StageSpec, config: ReplicaConfig, options: RenderOptions) 
         "resources": {"requests": {"cpu": cpu, "memory": options.memory},
                       "limits": {"cpu": cpu, "memory": options.memory}},
         "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+        **PROBES,
     }
 
 

@@ -20,7 +20,8 @@ reported in the `ApplyResult`; if new replicas of a stage could not start, as ma
 
 The router gets the `host:port` of every replica started before every route written (its allow-list: a route
 naming anything else is refused). A replica process that exits on its own is noticed at once (a watcher awaits every process), leaves the
-router and is replaced by one with the same configuration. `shutdown()` stops every process group and removes
+router and is replaced by one with the same configuration; so is one that stops answering its health or metrics
+route for `probe_failures` probes in a row (`liveness`), taken out of the router first, then killed. `shutdown()` stops every process group and removes
 every cgroup; replicas die with the cluster process even when it is killed (PR_SET_PDEATHSIG), and cgroups
 left by a killed run are removed at the next start.
 """
@@ -46,6 +47,7 @@ from adapter.decision.model import Decision, StageDecision
 from adapter.errors import UsageError
 from adapter.executors import ApplyResult, StepFailure
 from adapter.executors.cgroups import CpuController, CpuLimitError, detect_cpu_controller
+from adapter.executors.local.liveness import unresponsive
 from adapter.executors.local.plan import StagePlan, match_replicas, replica_targets, variant_shares
 from adapter.executors.local.replica import HOST, ReplicaConfig, ReplicaError, ReplicaProcess, stage_template
 from adapter.executors.local.settings import LocalClusterSettings
@@ -101,7 +103,8 @@ class LocalCluster:
         self._lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._crashes = 0
+        self.replaced = {"exited": 0, "unresponsive": 0}
+        """Replicas replaced since start: those that exited on their own, those that stopped answering."""
         self._last: ApplyResult = ApplyResult()
         self._started = self._closed = False
 
@@ -229,7 +232,11 @@ class LocalCluster:
         elif kind == "pair":
             r, cfg = p.live[c], p.targets[t]
             what = f"reconfigure {r.process.id} to {cfg.variant} b{cfg.batch} {cfg.cores:g} cores"
-            changed = await self._attempt(f"stage {p.st.name}", what, lambda: r.process.reconfigure(cfg), result)
+            r.changing = True
+            try:
+                changed = await self._attempt(f"stage {p.st.name}", what, lambda: r.process.reconfigure(cfg), result)
+            finally:
+                r.changing = False
             if changed:
                 result.applied.append(f"{r.process.id}: {', '.join(changed)}")
                 await self._publish(p.st)
@@ -288,6 +295,8 @@ class LocalCluster:
                 raise
             replica.phase = "ready"
             self._spawn(self._watch(st, replica))
+            if self.settings.probe_failures > 0:
+                self._spawn(self._probe(st, replica))
             await self._publish(st)
             return replica
 
@@ -322,9 +331,9 @@ class LocalCluster:
     async def _watch(self, st: ClusterStage, r: ClusterReplica) -> None:
         assert r.process.proc is not None
         code = await r.process.proc.wait()
-        if r.phase == "stopping" or self._closed:
+        if r.phase in ("stopping", "unresponsive") or self._closed:
             return
-        self._crashes += 1
+        self.replaced["exited"] += 1
         replace = r.phase == "ready"
         r.phase = "crashed"
         print(f"ipa: replica {r.process.id} exited with {code}; "
@@ -336,6 +345,23 @@ class LocalCluster:
             self._spawn(self._replace(st, r))
         elif r in st.replicas:
             st.replicas.remove(r)
+        await self._write_state()
+
+    async def _probe(self, st: ClusterStage, r: ClusterReplica) -> None:
+        s = self.settings
+        why = await unresponsive(r.process, interval_s=s.probe_interval_s, timeout_s=s.probe_timeout_s,
+                                 failures=s.probe_failures, serving=lambda: r.phase == "ready" and not self._closed,
+                                 changing=lambda: r.changing)
+        if why is None or r.phase != "ready" or self._closed:
+            return
+        self.replaced["unresponsive"] += 1
+        r.phase = "unresponsive"  # out of the router's table before anything else, so no request goes to it
+        print(f"ipa: replica {r.process.id} stopped answering ({why}); taken out of the router, killing and "
+              f"replacing it (log: {r.process.log})", file=sys.stderr)
+        with contextlib.suppress(*_STEP_ERRORS):
+            await self._publish(st)
+        await r.process.stop(0.0)  # SIGKILL at once: a stopped process never handles SIGTERM
+        self._spawn(self._replace(st, r))
         await self._write_state()
 
     async def _replace(self, st: ClusterStage, crashed: ClusterReplica) -> None:
@@ -396,7 +422,8 @@ class LocalCluster:
             stages.append(StageState(name=st.name, model=st.name, load_shares=dict(st.shares), replicas=rows))
         return ClusterState(
             pipeline=self.spec.name, owner_pid=os.getpid(), updated_at=time.time(), cpu_limit=self.controller.kind,
-            router_url=self.router_url, stages=stages, crashes=self._crashes, last_apply=list(self._last.applied),
+            router_url=self.router_url, stages=stages, crashes=self.replaced["exited"], unresponsive=self.replaced["unresponsive"],
+            last_apply=list(self._last.applied),
             last_failures=[f"{f.target}: {f.action}: {f.reason}" for f in self._last.failed])
 
     async def _write_state(self) -> None:

@@ -29,3 +29,10 @@ class LocalClusterSettings:
     token_file: Path | None = None
     """The pipeline's token file (`mlserver_ipa.auth`), passed to every replica as `$IPA_TOKEN_FILE` and sent
     with control changes; None: `$IPA_TOKEN_FILE` / `$IPA_TOKEN`, else a token per replica in its folder."""
+    probe_interval_s: float = 2.0
+    """Time between liveness probes of a serving replica (`/v2/health/ready` and `/metrics`; `liveness`)."""
+    probe_timeout_s: float = 5.0
+    """Longest wait for either route to answer before the probe counts as failed."""
+    probe_failures: int = 3
+    """Failed probes in a row after which a replica is taken out of the router, killed and replaced (about 20 s
+    with the defaults; 0: never probed)."""

@@ -28,6 +28,7 @@ class ClusterReplica:
     process: ReplicaProcess
     phase: ReplicaPhase
     restarts: int = 0
+    changing: bool = False  # the cluster is changing it in place (its liveness probes do not count meanwhile)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-ReplicaPhase = Literal["starting", "ready", "draining", "stopping", "crashed", "failed"]
+ReplicaPhase = Literal["starting", "ready", "draining", "stopping", "crashed", "unresponsive", "failed"]
 
 STATE_FILE = "state.json"
 TARGETS_FILE = "prometheus-targets.json"
@@ -58,7 +58,7 @@ class StageState(BaseModel):
 
     @property
     def cores(self) -> float:
-        return sum(r.cores for r in self.replicas if r.phase != "crashed")
+        return sum(r.cores for r in self.replicas if r.phase not in ("crashed", "unresponsive"))
 
 
 class ClusterState(BaseModel):
@@ -71,6 +71,8 @@ class ClusterState(BaseModel):
     router_url: str | None = None
     stages: list[StageState] = Field(default_factory=list)
     crashes: int = Field(0, description="replica processes that exited on their own since start")
+    unresponsive: int = Field(0, description="replicas killed and replaced since start because they stopped "
+                                             "answering their health or metrics route")
     last_apply: list[str] = Field(default_factory=list, description="steps of the last apply that took effect")
     last_failures: list[str] = Field(default_factory=list, description="steps of the last apply that did not")
 
