@@ -5,6 +5,7 @@ served right after."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import socket
@@ -37,9 +38,12 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-@pytest.fixture(scope="module")
-def server(start_mlserver, variant_repo) -> MLServer:
-    return start_mlserver(variant_repo, ipa_limits=LIMITS)
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def server(request: pytest.FixtureRequest, start_mlserver, variant_repo) -> MLServer:
+    """A replica with LIMITS on each HTTP parser (`$IPA_HTTP_PARSER`, read by the replica when it starts)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IPA_HTTP_PARSER", request.param)
+        return start_mlserver(variant_repo, ipa_limits=LIMITS)
 
 
 def infer(server: MLServer, content: bytes, **headers: str) -> httpx.Response:
@@ -57,8 +61,14 @@ def assert_v2_error(response: httpx.Response, status: int, text: str) -> None:
     assert set(response.json()) == {"error"} and text in response.json()["error"], response.text[:300]
 
 
+@functools.cache
+def gzip_bomb() -> bytes:
+    """1 GiB of spaces in about 1 MB (made once: compressing it takes seconds)."""
+    return gzip.compress(b" " * (1 << 30), compresslevel=9)
+
+
 def test_a_gzip_bomb_is_refused_without_inflating_it(server: MLServer) -> None:
-    bomb = gzip.compress(b" " * (1 << 30), compresslevel=9)  # 1 GiB of spaces in about 1 MB
+    bomb = gzip_bomb()
     before = rss_mb(server.process.pid)
     response = infer(server, bomb, **{"content-encoding": "gzip"})
     assert_v2_error(response, 413, "max_inflated_bytes")
@@ -111,6 +121,28 @@ def _read_all(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+def test_what_is_not_http_is_answered_400_in_the_v2_shape(server: MLServer) -> None:
+    sock = _connect(server)
+    sock.sendall(b"\x16\x03\x01 not HTTP at all\r\n\r\n")  # e.g. a TLS hello to the plain port
+    answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]).keys() == {"error"}
+    assert_serves(server)
+
+
+def test_each_parser_gets_the_same_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlserver_ipa import protocol
+
+    limits = RequestLimits(max_header_bytes=4096)
+    for parser, base in (("h11", "H11Protocol"), ("httptools", "HttpToolsProtocol")):
+        cls = protocol.guarded_protocol(limits, parser=parser)  # type: ignore[arg-type]
+        assert base in {c.__name__ for c in cls.__mro__} and cls.limits is limits
+        monkeypatch.setenv("IPA_HTTP_PARSER", parser)
+        assert protocol.default_parser() == parser
+    options = protocol.uvicorn_options(limits)
+    assert options["h11_max_incomplete_event_size"] == 4096
 
 
 def test_slow_headers_are_answered_408_and_closed(server: MLServer) -> None:
