@@ -47,20 +47,19 @@ from mlserver_ipa.deadlines import (
     parse_epoch_ms,
 )
 from mlserver_ipa.limits import RequestLimits
-from mlserver_ipa.v2_proto import channel_options, grpc_code, handler, params_from_pb, params_to_pb, pb
+from mlserver_ipa.v2_proto import (
+    channel_options,
+    grpc_code,
+    handler,
+    metadata_value,
+    params_from_pb,
+    params_to_pb,
+    pb,
+)
 from mlserver_ipa.wire_tensors import fill_pb_outputs, from_pb_inputs
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
-
-
-def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    """The first value of invocation metadata `key` (lower case)."""
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            value = item.value
-            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    return None
 
 
 def call_deadline(context: grpc.aio.ServicerContext, params: dict[str, Any], now_ms: float) -> float | None:

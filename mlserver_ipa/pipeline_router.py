@@ -2,7 +2,10 @@
 
 Per request, per stage: a replica is picked from the routing table (`route_table`), the request waits for one of
 its in-flight slots in deadline order (`dispatch`), the absolute deadline (`deadlines`) is carried to the stage,
-and the stage's `output` becomes the next stage's `input`. Arrivals are counted as they come in, and per-pipeline
+and the stage's `output` becomes the next stage's `input`. A stage is called over V2 gRPC with raw tensor
+contents (`grpc_hop`) when its route says `protocol: grpc` (the default) and the replica has a `grpc_port`, else
+over REST/JSON; tensors keep the form they came in (`wire_tensors`: raw bytes or lists) until a hop or the
+answer needs the other one. Arrivals are counted as they come in, and per-pipeline
 request counts, latency histograms and outstanding requests are exported for Prometheus. The HTTP app, the
 client of its table and the process entry point are in `mlserver_ipa.router`.
 """
@@ -33,8 +36,10 @@ from mlserver_ipa.deadlines import (
     parse_epoch_ms,
 )
 from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
+from mlserver_ipa.grpc_hop import GrpcHop
 from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
 from mlserver_ipa.settings import MAX_DEADLINE_MS
+from mlserver_ipa.wire_tensors import listed_all
 
 ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+"), ("PUT", r"/router/upstreams")]  # what changes the router
 MAX_REQUEST_ID_CHARS = 128
@@ -106,6 +111,7 @@ class PipelineRouter:
         self._dispatch = {s: StageDispatch(self.table, s, dispatch or DispatchSettings(), clock) for s in stages}
         self.registry = registry if registry is not None else CollectorRegistry()
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        self._grpc = GrpcHop()
         self._changed = asyncio.Event()
         labels = ["pipeline"]
         # Arrivals are counted when a request comes in, answers when it leaves: under overload the two differ,
@@ -160,6 +166,7 @@ class PipelineRouter:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._grpc.aclose()
 
     # -- serving ---------------------------------------------------------------------------------------
 
@@ -284,13 +291,17 @@ class PipelineRouter:
     async def _post(self, stage: str, pick: Pick, request: dict[str, Any], headers: dict[str, str],
                     timeout: float) -> dict[str, Any]:
         route = self.table.routes[stage]
-        url = f"{pick.replica.url}/v2/models/{route.model}/infer"
         dispatch = self._dispatch[stage]
+        address = pick.replica.grpc_address if route.protocol == "grpc" else None
         t0 = self.clock()
         code = "error"
         try:
-            resp = await self._client.post(url, content=orjson.dumps(request), timeout=timeout, headers=headers)
-            code = str(resp.status_code)
+            if address is not None:
+                status, payload = await self._grpc.call(address, route.model, request, headers, timeout)
+            else:
+                status, payload = await self._rest(f"{pick.replica.url}/v2/models/{route.model}/infer", request,
+                                                   headers, timeout)
+            code = str(status)
         except httpx.TimeoutException as e:
             code = "504"
             raise PipelineError(504, f"deadline exceeded in stage {stage!r} (replica {pick.replica.id})") from e
@@ -303,19 +314,25 @@ class PipelineRouter:
                 dispatch.observe(elapsed)
             self.m_stage.labels(self.pipeline, stage, pick.variant, code).inc()
             self.m_stage_latency.labels(self.pipeline, stage).observe(elapsed)
-        try:
-            payload = orjson.loads(resp.content)
-        except orjson.JSONDecodeError:
-            payload = {"error": resp.text[:200]}
         if not isinstance(payload, dict) or not isinstance(payload.get("outputs", []), list):
-            raise PipelineError(502, f"stage {stage!r} answered HTTP {resp.status_code} with no V2 response")
-        if resp.status_code == 200:
+            raise PipelineError(502, f"stage {stage!r} answered HTTP {status} with no V2 response")
+        if status == 200:
             return payload
-        message = payload.get("error") or payload.get("detail") or resp.text[:200]
-        if resp.status_code == 503:
-            raise _Retry(f"replica {pick.replica.id} overloaded: {message}")
-        if resp.status_code == 504:
+        message = payload.get("error") or payload.get("detail") or "no reason given"
+        if status == 503:
+            raise _Retry(f"replica {pick.replica.id} overloaded or gone: {message}")
+        if status == 504:
             raise PipelineError(504, f"stage {stage!r}: {message}")
-        if 400 <= resp.status_code < 500:
-            raise PipelineError(resp.status_code, f"stage {stage!r}: {message}")
-        raise PipelineError(502, f"stage {stage!r} failed (HTTP {resp.status_code}): {message}")
+        if 400 <= status < 500:
+            raise PipelineError(status, f"stage {stage!r}: {message}")
+        raise PipelineError(502, f"stage {stage!r} failed (HTTP {status}): {message}")
+
+    async def _rest(self, url: str, request: dict[str, Any], headers: dict[str, str],
+                    timeout: float) -> tuple[int, Any]:
+        """One V2 REST/JSON call; tensors that came raw (gRPC) are listed for JSON here."""
+        body = {**request, "inputs": listed_all(request["inputs"])}
+        resp = await self._client.post(url, content=orjson.dumps(body), timeout=timeout, headers=headers)
+        try:
+            return resp.status_code, orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            return resp.status_code, {"error": resp.text[:200]}

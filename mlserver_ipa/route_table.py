@@ -12,7 +12,8 @@ What a route may name is checked when it is set (`Upstreams`): replica URLs are 
 nothing after the port, on an allowed host (loopback unless told otherwise) and, when the executor says which
 replicas it started, one of their addresses; model, variant and replica names have no path characters. A
 route that does not pass is refused whole (`ValueError`; `ForbiddenUpstream` for a well-formed URL the router may
-not send to), the previous one stays. The executor sends that list (`UpstreamList`, `PUT /router/upstreams` when the
+not send to), the previous one stays. A replica's `grpc_port` (where the router calls it over V2 gRPC, when the
+stage's `protocol` is `grpc`) is checked as the address `host:grpc_port`, by the same rules. The executor sends that list (`UpstreamList`, `PUT /router/upstreams` when the
 router runs as its own process) before every route it writes; until it first does, any port of an allowed host
 passes.
 """
@@ -23,6 +24,7 @@ import random
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -104,12 +106,21 @@ class ReplicaRoute(BaseModel):
     url: str = Field(max_length=256, description="base URL of its V2 REST server, e.g. http://127.0.0.1:8081")
     batch_size: int | None = Field(default=None, ge=1, le=4096, description="its batch size: the router sends it "
                                    "at most a few batches' worth at once (None: a default number of requests)")
+    grpc_port: int | None = Field(default=None, ge=1, le=65535, description="its V2 gRPC port, on the url's host "
+                                  "(None: the router calls it over REST)")
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
         replica_address(url)
         return url.rstrip("/")
+
+    @property
+    def grpc_address(self) -> str | None:
+        """`host:port` of its gRPC server, or None."""
+        if self.grpc_port is None:
+            return None
+        return f"{replica_address(self.url).rsplit(':', 1)[0]}:{self.grpc_port}"
 
 
 class RouteGroup(BaseModel):
@@ -128,6 +139,9 @@ class StageRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=NAME_PATTERN, description="model name served by the replicas (`/v2/models/<model>`)")
+    protocol: Literal["grpc", "rest"] = Field(default="grpc", description="how the router calls the replicas: V2 gRPC with "
+                                              "raw tensor contents (replicas without a `grpc_port` over REST), or "
+                                              "V2 REST/JSON")
     groups: list[RouteGroup] = Field(default_factory=list, max_length=MAX_GROUPS)
 
     @model_validator(mode="after")
@@ -193,6 +207,8 @@ class RouteTable:
         for group in route.groups:
             for replica in group.replicas:
                 self.upstreams.check(replica.url)
+                if replica.grpc_address is not None:
+                    self.upstreams.check(f"http://{replica.grpc_address}")
         self.routes[stage] = route
         for rid in route.replica_ids:
             self.outstanding.setdefault(rid, 0)

@@ -24,6 +24,10 @@ from then on a route naming any other address is refused 403, as one naming anot
 is not well formed is 422 (`route_table`). Both writes need the pipeline's token (`mlserver_ipa.auth`: 401, or 403
 without one). Reads stay open; every connection has the request limits (`limits`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
+
+With `--grpc-port` the process serves the pipeline over V2 gRPC too, in the same event loop (`router_grpc`;
+`tritonclient.grpc` works against it unmodified). Replicas are called over gRPC with raw tensor contents when
+their route says so (`StageRoute.protocol`, default `grpc`, and a replica `grpc_port`), else over REST.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from mlserver_ipa.pipeline_router import (
 )
 from mlserver_ipa.protocol import uvicorn_options
 from mlserver_ipa.route_table import ForbiddenUpstream, RouterStatus, StageRoute, StageStatus, UpstreamList
+from mlserver_ipa.router_grpc import start_grpc
+from mlserver_ipa.wire_tensors import listed_all
 
 __all__ = ["PipelineError", "PipelineRouter", "RouterClient", "create_app", "main", "serve", "serve_app"]
 
@@ -88,8 +94,11 @@ def create_app(router: PipelineRouter, token: str | None = None) -> FastAPI:
             return _error(400, f"body is not JSON: {e}")
         try:
             result = await router.infer(body, arrival)
+            result["outputs"] = listed_all(result["outputs"])  # raw contents from a gRPC hop, as JSON
         except PipelineError as e:
             return _error(e.status, str(e))
+        except ValueError as e:
+            return _error(502, f"a stage answered a bad tensor: {e}")
         return Response(orjson.dumps(result), media_type="application/json")
 
     @app.get("/v2/health/live")
@@ -171,6 +180,7 @@ class RouterClient:
         await self._client.aclose()
 
 
+GRPC_GRACE_S = 5.0
 KEEP_ALIVE_S = 75  # idle connections kept longer than clients keep theirs (httpx: 5 s): none sends on a closing one
 
 
@@ -226,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stages", required=True, help="stage names in order, comma-separated")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="serve V2 gRPC on this port too (default: REST only)")
     parser.add_argument("--in-flight-per-batch", type=int, default=DispatchSettings.in_flight_per_batch,
                         help="requests in flight per replica, in batches of its batch size (default %(default)s)")
     parser.add_argument("--queue-per-slot", type=int, default=DispatchSettings.queue_per_slot,
@@ -240,9 +252,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch)
     # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
-    uvicorn.run(create_app(router, token), host=args.host, port=args.port, log_level="warning", loop="uvloop",
-                access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
-                **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
+    config = uvicorn.Config(create_app(router, token), host=args.host, port=args.port, log_level="warning",
+                            loop="none", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                            **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
+
+    async def run() -> None:
+        grpc_server = None
+        if args.grpc_port is not None:
+            grpc_server = await start_grpc(router, args.host, args.grpc_port, limits)
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_S)
+            await router.aclose()
+
+    import uvloop
+
+    uvloop.run(run())
 
 
 if __name__ == "__main__":

@@ -101,6 +101,15 @@ def channel_options(max_message_bytes: int, max_metadata_bytes: int | None = Non
     return options
 
 
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The first value of a call's invocation metadata `key` (lower case), as text."""
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
+
+
 # -- parameters ------------------------------------------------------------------------------------------
 
 def params_from_pb(entries: Mapping[str, Any]) -> dict[str, Any]:

@@ -157,21 +157,27 @@ def test_a_text_variant_is_switched_in_place(server: MLServer) -> None:
 
 
 async def test_speech_is_chained_into_question_answering_by_the_router(server: MLServer) -> None:
-    router = PipelineRouter("audio-qa", ["audio", "nlp-qa"])
-    for stage, model, variant in (("audio", "s2t", "s2t-small"), ("nlp-qa", "squad2-qa", "xlm-roberta-base-squad2")):
-        await router.update_stage(stage, StageRoute(model=model, groups=[RouteGroup(
-            variant=variant, replicas=[ReplicaRoute(id=f"{stage}-0", url=server.http_url)])]))
     clip = speech_clips()[0]  # espeak-ng speaking a sentence, shipped
     spoken = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, clip.size], "data": clip.tolist()}]}
     body = {**spoken, "parameters": {"question": "Where does the train leave from?", "deadline_ms": 20000}}
-    async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
-        resp = await c.post("/v2/models/audio-qa/infer", json=body)
-        assert resp.status_code == 200, resp.text
-        answer = outputs(resp.json())
-        assert set(answer) == {"output", "score"} and answer["output"]["datatype"] == "BYTES"
-        assert resp.json()["parameters"]["variants"] == "audio=s2t-small,nlp-qa=xlm-roberta-base-squad2"
-        no_question = await c.post("/v2/models/audio-qa/infer", json=speech_request())
-        assert no_question.status_code == 400 and "'nlp-qa'" in no_question.json()["error"]
+    answers = {}
+    for protocol in ("rest", "grpc"):  # the BYTES transcript goes to the QA stage as JSON, then as raw contents
+        router = PipelineRouter("audio-qa", ["audio", "nlp-qa"])
+        for stage, model, variant in (("audio", "s2t", "s2t-small"), ("nlp-qa", "squad2-qa", "xlm-roberta-base-squad2")):
+            await router.update_stage(stage, StageRoute(model=model, protocol=protocol, groups=[RouteGroup(
+                variant=variant, replicas=[ReplicaRoute(id=f"{stage}-0", url=server.http_url,
+                                                        grpc_port=server.grpc_port)])]))
+        async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
+            resp = await c.post("/v2/models/audio-qa/infer", json=body)
+            assert resp.status_code == 200, resp.text
+            answer = outputs(resp.json())
+            assert set(answer) == {"output", "score"} and answer["output"]["datatype"] == "BYTES"
+            assert resp.json()["parameters"]["variants"] == "audio=s2t-small,nlp-qa=xlm-roberta-base-squad2"
+            answers[protocol] = answer
+            no_question = await c.post("/v2/models/audio-qa/infer", json=speech_request())
+            assert no_question.status_code == 400 and "'nlp-qa'" in no_question.json()["error"]
+    assert answers["grpc"]["output"]["data"] == answers["rest"]["output"]["data"]
+    assert answers["grpc"]["score"]["data"] == pytest.approx(answers["rest"]["score"]["data"], rel=1e-4)
 
 
 def test_the_seldon_rendering_points_at_the_checkpoint_folders() -> None:

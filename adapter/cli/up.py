@@ -119,7 +119,7 @@ def banner(up: EmbeddedPipeline) -> str:
     lines = [
         f"ipa up: pipeline {spec.name} ({', '.join(st.name for st in spec.stages)}), policy {s.policy}, "
         f"predictor {s.predictor}, a decision every {spec.interval_s:g} s{' (DRY RUN: no replicas)' if s.dry_run else ''}",
-        f"  V2 endpoint   {up.endpoint}",
+        f"  V2 endpoint   {up.endpoint}" + (f"   (gRPC: {up.grpc_address})" if up.grpc_address else ""),
         f"  adapter API   {up.api_url}   (OpenAPI: {up.api_url}/docs; writes need the token)",
         f"  metrics       router {up.router_url}/metrics, adapter {up.api_url}/metrics, "
         f"replicas: `ipa status {spec.name}` / {up.home / spec.name / 'prometheus-targets.json'}",

@@ -138,6 +138,8 @@ class EmbeddedPipeline:
         self.up_file = self.home / spec.name / UP_FILE
         self.on_record, self.progress = on_record, progress
         self.router_url = self.api_url = ""
+        self.grpc_address = ""
+        """the pipeline over V2 gRPC (`host:port`, `tritonclient.grpc`'s form)"""
         self.cluster: LocalCluster | None = None
         self.service: AdapterService | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -177,6 +179,7 @@ class EmbeddedPipeline:
         assert router_process.client is not None
         router = router_process.client
         self.router_url = router_process.url
+        self.grpc_address = router_process.grpc_address
         executor: Executor
         if s.dry_run:
             executor = DryRunExecutor()
@@ -209,7 +212,7 @@ class EmbeddedPipeline:
         self._task = asyncio.create_task(service.run())
         write_text_atomic(self.up_file, json.dumps({
             "pipeline": spec.name, "pid": os.getpid(), "endpoint": self.endpoint, "router_url": self.router_url,
-            "api_url": self.api_url, "started_at": time.time()}, indent=2))
+            "grpc_address": self.grpc_address, "api_url": self.api_url, "started_at": time.time()}, indent=2))
         self._stack.callback(self.up_file.unlink, missing_ok=True)
 
     async def wait(self) -> None:

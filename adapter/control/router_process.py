@@ -4,6 +4,7 @@ management or a load generator, so a burst cannot starve the clock that stamps a
 
     async with RouterProcess("video", ["detector", "classifier"], token_file=path, log=folder / "router.log") as r:
         r.url          # http://127.0.0.1:<port>: V2 endpoint, /metrics, /router
+        r.grpc_address # 127.0.0.1:<grpc_port>: the same pipeline over V2 gRPC (a free port unless given)
         r.client       # a RouterClient: the table the local cluster writes (with the pipeline's token)
 
 CPU: the router runs at a higher scheduling priority than the replicas (`nice` `NICE`, when this process may
@@ -46,9 +47,9 @@ class RouterProcess:
     """`python -m mlserver_ipa.router` serving one pipeline (see module doc)."""
 
     def __init__(self, pipeline: str, stages: Sequence[str], *, host: str = "127.0.0.1", port: int = 8080,
-                 token_file: Path, log: Path) -> None:
+                 grpc_port: int = 0, token_file: Path, log: Path) -> None:
         self.pipeline, self.stages = pipeline, list(stages)
-        self.host, self.port = host, port
+        self.host, self.port, self.grpc_port = host, port, grpc_port
         self.token_file, self.log = token_file, log
         self.proc: asyncio.subprocess.Process | None = None
         self.client: RouterClient | None = None
@@ -57,17 +58,25 @@ class RouterProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> RouterProcess:
-        if self.port == 0:
-            from adapter.executors.local.replica import free_ports
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
 
-            self.port = free_ports(1, self.host)[0]
+    async def __aenter__(self) -> RouterProcess:
+        from adapter.executors.local.replica import free_ports
+
+        free = iter(free_ports(2, self.host))  # distinct, for whichever is 0
+        if self.port == 0:
+            self.port = next(free)
+        if self.grpc_port == 0:
+            self.grpc_port = next(free)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, TOKEN_FILE_ENV: str(self.token_file), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserver_ipa.router", "--pipeline", self.pipeline, "--stages",
-                ",".join(self.stages), "--host", self.host, "--port", str(self.port), env=env,
+                ",".join(self.stages), "--host", self.host, "--port", str(self.port),
+                "--grpc-port", str(self.grpc_port), env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_in_child)
         try:

@@ -393,8 +393,9 @@ class LocalCluster:
     def replica_addresses(self) -> set[str]:
         """`host:port` of every replica process this cluster runs (started, serving or draining): the only places
         the router may send to (a port of a replica gone may be another process's next)."""
-        return {f"{HOST}:{r.process.http_port}" for st in self._stages.values() for r in st.replicas
-                if r.process.http_port and r.phase in ("starting", "ready", "draining")}
+        return {f"{HOST}:{port}" for st in self._stages.values() for r in st.replicas
+                if r.phase in ("starting", "ready", "draining")
+                for port in (r.process.http_port, r.process.grpc_port) if port}
 
     def metrics_urls(self) -> dict[str, list[str]]:
         """Per stage, the Prometheus endpoints of its ready replicas (what the adapter's monitor scrapes)."""

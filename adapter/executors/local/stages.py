@@ -50,6 +50,7 @@ class ClusterStage:
         for r in self.replicas:
             if r.phase == "ready":
                 groups.setdefault(r.process.config.variant, []).append(
-                    ReplicaRoute(id=r.process.id, url=r.process.url, batch_size=r.process.config.batch))
+                    ReplicaRoute(id=r.process.id, url=r.process.url, batch_size=r.process.config.batch,
+                                 grpc_port=r.process.grpc_port or None))
         return StageRoute(model=self.name, groups=[RouteGroup(variant=v, load_share=self.shares.get(v, 0.0), replicas=rs)
                                                  for v, rs in groups.items()])
