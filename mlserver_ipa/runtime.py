@@ -66,7 +66,7 @@ from mlserver_ipa.errors import (
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 from mlserver_ipa.request_parameters import parse_control, parse_slo, string_parameters
-from mlserver_ipa.session import Session, SessionHolder
+from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder
 from mlserver_ipa.settings import (
     THREADS_PER_CORE,
     ControlRequest,
@@ -395,8 +395,10 @@ class VariantRuntime(MLModel):
                 self._last_switch_ms = round((self._clock() - t0) * 1000, 3)
                 self._metrics.switched()
                 self._describe(new)
-            elif batch_size not in self._times.table(current.config):
-                # Measure the new batch size once, beside the serving, so deadlines are judged on a measurement.
+            elif (batch_size not in self._times.table(current.config)
+                  and self._times.estimate(current.config, 1) <= QUICK_WARMUP_S):
+                # Measure the new batch size once, beside the serving, so deadlines are judged on a measurement
+                # (a slow variant's is extrapolated instead: measuring would starve the serving, `warm_up`).
                 self._times.seed(current.config, batch_size, await asyncio.to_thread(current.measure, batch_size))
             updates = {
                 "active": variant,

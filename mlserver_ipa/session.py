@@ -3,9 +3,9 @@
 A `VariantSession` is one ONNX variant loaded in onnxruntime with a given number of intra-op threads; a variant
 whose `uri` is a Hugging Face checkpoint folder opens as a `transformers_session.TransformersSession` instead
 (`open_session`), with the same interface. `SessionHolder.switch`
-builds the next session in a worker thread while the current one keeps serving, measures it on zeros (so the
-batcher knows its service times before the first real batch), and only then replaces the reference the
-batcher reads at each dispatch. A batch already running keeps the session it started with; no request waits
+builds the next session in a worker thread while the current one keeps serving, warms it up with one short batch
+and measures it (`warm_up`: the batcher knows its service times before the first real batch), and only then
+replaces the reference the batcher reads at each dispatch. A batch already running keeps the session it started with; no request waits
 for a build and none fails because of a swap.
 """
 
@@ -144,6 +144,30 @@ def open_session(variant: str, path: Path, threads: int, limits: SequenceLimits)
     return VariantSession(variant, path, threads)
 
 
+# A warm-up run slower than this is not repeated, and larger batches are not measured before the swap: their
+# times are extrapolated from it (an over-estimate, since batches are sublinear) until real batches are timed.
+# A seq2seq variant's run takes seconds; measuring it 3 times at 1 and at its batch size made a switch take
+# 37-84 s beside a serving old variant that the warm-up starved (benchmarks/transformers_runtime.py --switch).
+QUICK_WARMUP_S = 0.25
+
+
+def warm_up(
+    session: Session, rows: tuple[int, ...], clock: Callable[[], float] = time.perf_counter
+) -> dict[int, float]:
+    """Seconds per batch of `rows` rows, measured on the sample input before the session serves.
+
+    Fast sessions (a run under `QUICK_WARMUP_S`) are measured at every size, best of 3; slow ones run one
+    batch of the smallest size once, which is the warm-up and the measurement at once."""
+    sizes = sorted(set(rows))
+    first = session.measure(sizes[0], repeats=1, clock=clock)
+    if first > QUICK_WARMUP_S:
+        return {sizes[0]: first}
+    measured = {sizes[0]: min(first, session.measure(sizes[0], repeats=2, clock=clock))}
+    for n in sizes[1:]:
+        measured[n] = session.measure(n, clock=clock)
+    return measured
+
+
 class SessionHolder:
     """Holds the active `VariantSession`; `switch` builds and warms the next one beside it, then swaps."""
 
@@ -176,9 +200,7 @@ class SessionHolder:
             new = await asyncio.to_thread(open_session, variant, path, threads, limits or SequenceLimits())
             if check is not None:
                 check(new)
-            measured = {}
-            for rows in sorted(set(warmup_rows)):
-                measured[rows] = await asyncio.to_thread(new.measure, rows)
+            measured = await asyncio.to_thread(warm_up, new, warmup_rows)
             self._active = new  # the swap: the batcher reads this reference at each dispatch
             return new, measured
 
