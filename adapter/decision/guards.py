@@ -10,7 +10,11 @@ In order:
    `scale_down_intervals` intervals in a row. Until then the decision in force is kept, if it still meets every
    constraint at the new load. The count lives in `PolicyState`; no clock is read.
 
-5. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
+5. variant-switch hold-down: a switch of a stage's variant that takes T seconds in place (profiles/switch.csv,
+   `adapter.decision.switching`) is made once the same new variants have been wanted for
+   ⌈`switch_payback`·T / interval⌉ intervals in a row; until then the decision in force is kept, if it still meets
+   every constraint at the new load (otherwise the switch is made at once). The count lives in `PolicyState`.
+6. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
    constraint and scores as well as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
    alternated between two half-core replicas and one one-core replica, interval after interval).
 
@@ -27,6 +31,7 @@ from adapter.decision.model import Decision, ReplicaGroup, StageDecision
 from adapter.decision.policy_types import Policy, PolicyConfig, PolicyContext, PolicyState
 from adapter.decision.problem import Problem
 from adapter.decision.solvers import Group, assess
+from adapter.decision.switching import hold_intervals, switch_seconds
 
 _EPS = 1e-9
 
@@ -38,6 +43,7 @@ def guarded(policy: Policy) -> Policy:
         decision, state = policy(context, config, state)
         decision = bound(decision, config)
         decision = fit_budget(decision, config)
+        decision, state = hold_switch(decision, context, config, state)
         decision, state = hold_scale_down(decision, context, config, state)
         return keep_on_tie(decision, context, config), state
 
@@ -180,8 +186,51 @@ def hold_scale_down(
     return held, replace(state, scale_down_streak=streak)
 
 
+def _variants(decision: Decision) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(sorted({g.variant for g in s.replicas if g.count > 0})) for s in decision.stages)
+
+
+def hold_switch(
+    decision: Decision, context: PolicyContext, config: PolicyConfig, state: PolicyState
+) -> tuple[Decision, PolicyState]:
+    """Guard 5: a slow variant switch is made only once it has been wanted for `switch_payback`·T seconds."""
+    current = context.current
+    target = _variants(decision)
+    if current is None or [s.name for s in current.stages] != [s.name for s in decision.stages]:
+        return decision, replace(state, switch_streak=0, switch_target=())
+    now = _variants(current)
+    costs = config.catalog.switch_costs
+    slowest, moves = 0.0, []
+    for s, old, new in zip(decision.stages, now, target, strict=True):
+        if old != new:
+            slowest = max([slowest, *(switch_seconds(costs, g.variant, g.cores) for g in s.replicas
+                                      if g.variant not in old)])
+            moves.append(f"{s.name} {'+'.join(old)} -> {'+'.join(new)}")
+    if not moves:
+        return decision, replace(state, switch_streak=0, switch_target=())
+    need = hold_intervals(slowest, config.spec.interval_s, config.settings.switch_payback)
+    streak = state.switch_streak + 1 if state.switch_target == target else 1
+    counted = replace(state, switch_streak=streak, switch_target=target)
+    if streak >= need:
+        if need == 1:
+            return decision, counted
+        note = f"switch hold: {', '.join(moves)} wanted {streak} intervals (switch {slowest:g} s); switching"
+        return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
+    base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
+    kept = rejudge(base, config, list(current.stages), [])
+    if kept.status != "optimal":
+        note = f"switch hold: the decision in force no longer meets the load; switching {', '.join(moves)} at once"
+        return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
+    note = (
+        f"switch hold: {', '.join(moves)} takes {slowest:g} s in place; made after {need - streak} more "
+        f"interval{'s' if need - streak != 1 else ''} of wanting it (payback {config.settings.switch_payback:g})"
+    )
+    held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
+    return held, counted
+
+
 def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig) -> Decision:
-    """Guard 5: keep the decision in force when it is still feasible and scores as well as `decision`."""
+    """Guard 6: keep the decision in force when it is still feasible and scores as well as `decision`."""
     current = context.current
     if (
         current is None

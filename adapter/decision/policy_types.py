@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from adapter.decision.model import Decision
 from adapter.decision.problem import Catalog, Problem, ProblemError, StageProfile, Weights, weights_of
 from adapter.decision.solvers import Timer
+from adapter.decision.switching import InForce
 from adapter.decision.vpa import CPUHistogram
 from adapter.spec import GraphSpec
 
@@ -84,6 +85,12 @@ class PolicySettings(BaseModel):
         ge=0,
         description="a lower need must hold this many intervals before resources go down; 0: at once",
     )
+    switch_payback: float = Field(
+        default=2.0,
+        ge=0,
+        description="a variant switch taking T s (profiles/switch.csv) is made once the new variants have been "
+        "wanted for payback·T s in a row, while the decision in force still meets every constraint; 0: at once",
+    )
     max_variants: int = Field(
         default=2, ge=1, le=3, description="infadapter: variants a stage may split its load over"
     )
@@ -123,11 +130,14 @@ class PolicyConfig:
         timer: Timer = time.perf_counter,
     ) -> PolicyConfig:
         """Profiles default to the spec's profile files (`adapter.profiling.profile.load_stage_profile`)."""
+        from adapter.profiling.switch_profile import load_switch_costs
+
         if profiles is None:
             from adapter.profiling.profile import load_stage_profile
 
             profiles = {s.name: load_stage_profile(spec, s) for s in spec.stages}
-        return cls(spec, Catalog(spec, profiles), settings or PolicySettings(), timer)
+        catalog = Catalog(spec, profiles, load_switch_costs(spec))
+        return cls(spec, catalog, settings or PolicySettings(), timer)
 
     def with_settings(self, **changes: object) -> PolicyConfig:
         """The same spec and profiles with some settings changed (validated)."""
@@ -168,7 +178,18 @@ class PolicyConfig:
             weights=self.weights,
             core_grid=core_grid,
             variants=variants,
+            in_force=in_force_of(context.current),
         )
+
+
+def in_force_of(current: Decision | None) -> dict[str, InForce]:
+    """Per stage of the decision in force, its variants and capacity (empty when nothing is in force)."""
+    if current is None:
+        return {}
+    return {
+        s.name: InForce(frozenset(g.variant for g in s.replicas if g.count > 0), s.capacity_rps)
+        for s in current.stages
+    }
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,8 @@ class PolicyState:
     """What a policy carries from one interval to the next (explicit, never hidden)."""
 
     scale_down_streak: int = 0  # intervals in a row the policy asked for fewer cores than are in force
+    switch_streak: int = 0  # intervals in a row the policy asked for `switch_target` while another was in force
+    switch_target: tuple[tuple[str, ...], ...] = ()  # per stage, the variants those intervals asked for
     cpu_histograms: Mapping[str, CPUHistogram] = field(default_factory=dict)
     """vpa: per stage, the decaying histogram of per-replica CPU use (adapter.decision.vpa)"""
 

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from adapter.decision.stage_latency import stage_p99_ms
+from adapter.decision.switching import InForce, SwitchCost
 from adapter.errors import SpecError, UsageError
 from adapter.profiling.profile import includes_queueing
 from adapter.spec import GraphSpec, StageSpec
@@ -97,6 +98,8 @@ class StageTable:
     options: tuple[Option, ...]
     max_replicas: int
     max_batch_time_ms: float
+    switch: Mapping[str, SwitchCost] = field(default_factory=dict, compare=False, hash=False)
+    """per variant, what switching a replica to it in place costs (adapter.decision.switching)"""
 
     @cached_property
     def columns(self) -> OptionColumns:
@@ -180,6 +183,8 @@ class Problem:
     accuracy: AccuracyMode = "product"
     network_ms: float = 0.0
     headroom: float = 0.0
+    in_force: tuple[InForce | None, ...] = ()  # per stage, what runs now (empty: nothing, switches are free)
+    interval_s: float = 0.0  # how long the decision is for; 0: switch times are not counted
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -241,6 +246,8 @@ def _validate(p: Problem) -> None:
         w = getattr(p.weights, name)
         _check(_finite(w) and w >= 0, f"objective.{name}", f"must be a finite number >= 0 (got {w})")
     _check(len(p.stages) > 0, "stages", "at least one stage is needed")
+    _check(len(p.in_force) in (0, len(p.stages)), "in_force", f"one entry per stage or none (got {len(p.in_force)})")
+    _check(_finite(p.interval_s) and p.interval_s >= 0, "interval_s", f"must be >= 0 (got {p.interval_s})")
     names = [s.name for s in p.stages]
     _check(len(set(names)) == len(names), "stages", f"stage names repeat: {names}")
     for i, s in enumerate(p.stages):
@@ -263,12 +270,18 @@ class Catalog:
     The memo is a cache of a pure function (a profile point never changes), not policy state.
     """
 
-    def __init__(self, spec: GraphSpec, profiles: Mapping[str, StageProfile]) -> None:
+    def __init__(
+        self,
+        spec: GraphSpec,
+        profiles: Mapping[str, StageProfile],
+        switch_costs: Mapping[str, SwitchCost] | None = None,
+    ) -> None:
         missing = [s.name for s in spec.stages if s.name not in profiles]
         if missing:
             raise ProblemError("profiles", f"no profile for stage(s) {missing}")
         self.spec = spec
         self.profiles = dict(profiles)
+        self.switch_costs = dict(switch_costs or {})  # per variant name (profiles/switch.csv)
         self._points: dict[tuple[str, str, int, float], Option] = {}
         self._tables: dict[tuple[object, ...], StageTable] = {}
 
@@ -310,7 +323,8 @@ class Catalog:
         table = self._tables.get(key)
         if table is None:
             options = tuple(self.option(stage, v, b, c) for v in names for b in bs for c in cs)
-            table = StageTable(stage.name, options, stage.max_replicas, stage.max_batch_time_ms)
+            switch = {v: self.switch_costs[v] for v in names if v in self.switch_costs}
+            table = StageTable(stage.name, options, stage.max_replicas, stage.max_batch_time_ms, switch)
             self._tables[key] = table
         return table
 
@@ -322,8 +336,10 @@ class Catalog:
         weights: Weights | None = None,
         core_grid: Mapping[str, Sequence[float]] | None = None,
         variants: Mapping[str, Sequence[str]] | None = None,
+        in_force: Mapping[str, InForce] | None = None,
     ) -> Problem:
-        """The problem for one interval at `load_rps`: the spec's grid, or per stage the given cores/variants."""
+        """The problem for one interval at `load_rps`: the spec's grid, or per stage the given cores/variants;
+        with `in_force` (per stage, what runs now) a variant switch's time counts (adapter.decision.switching)."""
         spec = self.spec
         grid, names = core_grid or {}, variants or {}
         tables = tuple(self.table(s, cores=grid.get(s.name), variants=names.get(s.name)) for s in spec.stages)
@@ -336,6 +352,8 @@ class Catalog:
             accuracy=spec.accuracy,
             network_ms=spec.network_ms,
             headroom=spec.headroom,
+            in_force=tuple(in_force.get(s.name) for s in spec.stages) if in_force else (),
+            interval_s=spec.interval_s if in_force else 0.0,
         )
 
 

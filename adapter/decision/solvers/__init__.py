@@ -89,6 +89,15 @@ def solve(
         status: Status = "optimal" if solution.status == "optimal" else "timeout"
         reason = None if status == "optimal" else f"time limit of {max_seconds:g} s reached; best found"
         return decision_of(report, configs, status, reason, policy, (timer() - start) * 1000, used)
+    if problem.in_force and solution.status == "infeasible":
+        # No decision keeps up while its switches load; switching is then the way forward: decide without them
+        # (adapter.decision.switching). Both solvers take this path alike.
+        unswitched = problem.with_changes(in_force=())
+        decided = solve(unswitched, rs, solver=solver, max_seconds=max(0.0, max_seconds - (timer() - start)),
+                        policy=policy, timer=timer, report_weights=report_weights)
+        note = "switching: no decision keeps up with the load during its switches; decided without counting them"
+        return decided.model_copy(update={"notes": [*decided.notes, note],
+                                          "solve_time_ms": (timer() - start) * 1000})
     reason = diagnose(problem, rs, tables)
     if solution.status == "timeout":
         status, reason = (

@@ -33,6 +33,7 @@ from adapter.decision.problem import (
 )
 from adapter.decision.solvers.pareto import nondominated
 from adapter.decision.stage_latency import stage_p99_ms
+from adapter.decision.switching import affordable
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,11 @@ def candidates(problem: Problem, index: int, restriction: Restriction = FREE) ->
         counts * thr[:, None] >= need * (1.0 - TOLERANCE)
     )
     counts = np.broadcast_to(counts, ok.shape)
+    if problem.in_force and problem.in_force[index] is not None:  # a switch serves the old variant meanwhile
+        wide = counts.shape[1]
+        paid = affordable(col.variant[rows, None].repeat(wide, axis=1), col.cores[rows, None].repeat(wide, axis=1),
+                          counts * thr[:, None], need, problem.in_force[index], stage.switch, problem.interval_s)
+        ok = ok & paid if (ok & paid).any() else ok  # none can: switching is the only way forward
     latency = np.where(
         ok,
         stage_p99_ms(
