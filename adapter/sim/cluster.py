@@ -16,8 +16,10 @@ candidate lists on every pick; the rule is the same.
 `StagePool.plan(groups, now)` turns a stage's part of a decision into `Change`s, the way the local executor
 applies one: replicas that already run a wanted (variant, cores) keep running (a batch-size change is
 immediate, as on the runtime's control endpoint); other wanted slots reuse surplus replicas *in place*, serving
-the old setting meanwhile: after `switch_delay_s` when a new session is built (another variant or another
-thread count), after `resize_delay_s` when only the CPU quota changes; slots still
+the old setting meanwhile: after the variant's switch time (`SimSettings.switch_costs`, profiles/switch.csv,
+scaled to the replica's cores as the decision scales it; `switch_delay_s` for a variant without one) when a new
+session is built (another variant or another thread count), the old one serving at the measured
+`serving_ratio` of its speed meanwhile (the engine), after `resize_delay_s` when only the CPU quota changes; slots still
 missing get new replicas that start serving after `cold_start_s`; replicas left over drain (no new requests,
 finish their queue, then free their cores). With `in_place=False` (an executor that replaces pods, as a
 Kubernetes VPA does) nothing is reused: a changed replica is a new one plus a drained one, and the old ones keep
@@ -28,10 +30,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from adapter.decision.model import ReplicaGroup
+from adapter.decision.switching import SwitchCost, switch_seconds
 from adapter.profiling.profile import Profile
 from adapter.sim.service import ServiceTime
 from mlserver_ipa.batching import BatchPolicy, ServiceTimes
@@ -160,10 +163,13 @@ def threads(cores: float) -> int:
     return max(1, math.ceil(cores - 1e-9))
 
 
-def reconfigure_delay(old: ReplicaConfig, new: ReplicaConfig, switch_delay_s: float, resize_delay_s: float) -> float:
-    """How long an in-place change takes: a new session (variant or thread count) or only a quota write."""
+def reconfigure_delay(old: ReplicaConfig, new: ReplicaConfig, switch_delay_s: float, resize_delay_s: float,
+                      switch_costs: Mapping[str, SwitchCost] | None = None) -> float:
+    """How long an in-place change takes: a new session (variant or thread count: the variant's measured switch
+    time on its cores, as the decision counts it, else `switch_delay_s`) or only a quota write."""
     if old.variant != new.variant or threads(old.cores) != threads(new.cores):
-        return switch_delay_s
+        costs = switch_costs or {}
+        return switch_seconds(costs, new.variant, new.cores) if new.variant in costs else switch_delay_s
     return resize_delay_s if old.cores != new.cores else 0.0
 
 
@@ -232,7 +238,8 @@ class StagePool:
         self.ready_total = sum(s for s, _ in ready)
 
     def plan(self, groups: list[ReplicaGroup], make: Callable[[ReplicaGroup], ReplicaConfig],
-             in_place: bool, switch_delay_s: float, resize_delay_s: float) -> Change:
+             in_place: bool, switch_delay_s: float, resize_delay_s: float,
+             switch_costs: Mapping[str, SwitchCost] | None = None) -> Change:
         """Match the wanted groups against the replicas there are (see the module docstring)."""
         change = Change()
         free = [r for r in self.members if not r.draining]
@@ -258,7 +265,7 @@ class StagePool:
                             break
                         if same_variant and r.target.variant != cfg.variant:
                             continue
-                        delay = reconfigure_delay(r.target, cfg, switch_delay_s, resize_delay_s)
+                        delay = reconfigure_delay(r.target, cfg, switch_delay_s, resize_delay_s, switch_costs)
                         free.remove(r)
                         slots[i].append((r, cfg))
                         change.switch.append((r, cfg, delay))

@@ -24,47 +24,19 @@ import numpy as np
 
 from adapter.decision.model import Decision, ReplicaGroup
 from adapter.profiling.profile import Profile
+from adapter.profiling.switch_profile import load_switch_costs
 from adapter.sim.budget import BudgetGate, Grow
 from adapter.sim.cluster import Replica, ReplicaConfig, ServiceTable, StagePool
 from adapter.sim.service import NormalStream
+from adapter.sim.settings import SimSettings
 from adapter.spec import GraphSpec
 from mlserver_ipa.batching import plan_batch, rejects_on_arrival
-from mlserver_ipa.settings import OnLate
 
 # Event kinds, in the order they run at the same instant.
 DONE, FREE, READY, SWITCH, CUTOVER, TICK, TIMER = range(7)
 # Why a request was dropped (`Engine.reason`); 0: not dropped.
 SERVED, LATE, OVERLOADED, NO_REPLICA, UNFINISHED = range(5)
 DROP_REASONS = {LATE: "deadline", OVERLOADED: "overloaded", NO_REPLICA: "no-replica", UNFINISHED: "unfinished"}
-
-
-@dataclass(frozen=True)
-class SimSettings:
-    """How the simulated system behaves beyond what the spec and profiles say."""
-
-    cold_start_s: float = 4.0
-    """Seconds from starting a new replica to its first request: `mlserver start` until the model is ready,
-    measured 4.0–4.9 s on this machine for a demo ResNet replica (ResNet-18 active)."""
-    switch_delay_s: float = 1.0
-    """Seconds an in-place session change takes before it serves: a variant switch, or a core change that
-    changes the thread count (⌈cores⌉). The runtime builds the new onnxruntime session beside the old one,
-    which serves meanwhile, and warms it up; measured 0.5 s (ResNet-18) to 2.6–3.1 s (ResNet-152), about
-    1 s typical, for the demo family on this machine."""
-    resize_delay_s: float = 0.05
-    """Seconds a core change within the same thread count takes (a cgroup quota write and a control call)."""
-    in_place: bool = True
-    """Change variant and cores in place; False replaces the replica (a new one cold-starts, the old drains)."""
-    queue_limit: int = 256
-    """Most requests waiting per replica (the runtime's `queue_limit`); past it a request is 'overloaded'."""
-    on_late: OnLate = "drop"
-    """The runtime's `on_late`: drop a request that can no longer meet its deadline, or serve it late."""
-    ewma_alpha: float = 0.2
-    """Weight of the newest batch in each replica's service-time estimate (the runtime's `ewma_alpha`)."""
-    service_time_deviations: float = 2.0
-    """Mean deviations added to a replica's service-time estimate when judging deadlines (the runtime's
-    `service_time_deviations`)."""
-    router_retries: int = 3
-    """Other replicas of the stage the router tries when one is overloaded (the router's `retries`)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +67,7 @@ class Engine:
         self._tables: dict[tuple[int, str, float], ServiceTable] = {}
         self._ids = itertools.count()
         self._product = spec.accuracy == "product"
+        self._switch_costs = dict(load_switch_costs(spec) if settings.switch_costs is None else settings.switch_costs)
         # per request
         self.deadline: list[float] = []
         self.acc: list[float] = []
@@ -161,7 +134,7 @@ class Engine:
         for pool, sd in zip(self.pools, (decision.stage(st.name) for st in self.spec.stages), strict=True):
             i = pool.index
             plans.append((pool, pool.plan(list(sd.replicas), lambda g, i=i: self._config(i, g), s.in_place,  # type: ignore[misc]
-                                          s.switch_delay_s, s.resize_delay_s)))
+                                          s.switch_delay_s, s.resize_delay_s, self._switch_costs)))
         grows: list[Grow] = []
         for pool, change in plans:
             i = pool.index
@@ -337,6 +310,8 @@ class Engine:
             if n >= len(table.times):
                 table.extend(n)
             latency = table.times[n].draw(self._normals.next())
+            if r.pending is not None and r.pending.variant in self._switch_costs:  # the new variant loads beside
+                latency /= self._switch_costs[r.pending.variant].serving_ratio
             busy = latency * table.occupancy[n]
             r.observe(n, busy)  # the runtime times the compute of a batch
             r.busy = True
