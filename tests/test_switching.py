@@ -11,13 +11,24 @@ import pytest
 
 from adapter.decision.model import Decision, ReplicaGroup
 from adapter.decision.policies import decide
-from adapter.decision.policy_types import PolicyConfig, PolicyContext, PolicySettings, PolicyState, in_force_of
+from adapter.decision.policy_types import (
+    PolicyConfig,
+    PolicyContext,
+    PolicySettings,
+    PolicyState,
+    in_force_of,
+)
 from adapter.decision.problem import Catalog
 from adapter.decision.solvers import solve
 from adapter.decision.switching import InForce, SwitchCost, affordable, hold_intervals
 from adapter.errors import SpecError
 from adapter.profiling.profile import load_graph_profiles
-from adapter.profiling.switch_profile import SwitchRow, load_switch_costs, read_switch_profile, write_switch_profile
+from adapter.profiling.switch_profile import (
+    SwitchRow,
+    load_switch_costs,
+    read_switch_profile,
+    write_switch_profile,
+)
 from adapter.sim.simulator import SimSettings, simulate
 from adapter.spec import GraphSpec, load_spec
 
@@ -142,12 +153,13 @@ def test_the_simulator_serves_the_old_variant_for_the_variants_switch_time() -> 
     spec = audio_qa()
     profiles = load_graph_profiles(spec)
 
+    base = run(config({}), [0.3])[0]
+
     def step(now: float, observed: object) -> tuple[Decision, float]:
         variant = "s2t-medium" if now < 10 else "s2t-small"
-        d = run(config({}), [0.3])[0]
-        audio = d.stage("audio").model_copy(update={"replicas": [ReplicaGroup(variant=variant, batch=1, cores=0.5,
-                                                                              count=1)]})
-        return d.model_copy(update={"stages": [audio, d.stage("nlp-qa")]}), 0.0
+        group = ReplicaGroup(variant=variant, batch=1, cores=0.5, count=1, load_share=1.0)
+        audio = base.stage("audio").model_copy(update={"replicas": [group]})
+        return base.model_copy(update={"stages": [audio, base.stage("nlp-qa")]}), 0.0
 
     def served_accuracy(switch_s: float) -> np.ndarray:
         """Per second from 14 s to 24 s, the mean accuracy of the requests answered (NaN: none answered)."""

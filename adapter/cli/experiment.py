@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cold-start", type=float, default=defaults.cold_start_s, metavar="S",
                    help=f"seconds before a new replica serves (default {defaults.cold_start_s:g})")
     p.add_argument("--switch-delay", type=float, default=defaults.switch_delay_s, metavar="S",
-                   help=f"seconds an in-place variant switch takes (default {defaults.switch_delay_s:g})")
+                   help="seconds an in-place variant switch takes, for variants without a row in the switch profile "
+                        f"(profiles/switch.csv) (default {defaults.switch_delay_s:g})")
     p.add_argument("--resize-delay", type=float, default=defaults.resize_delay_s, metavar="S",
                    help=f"seconds an in-place core change takes (default {defaults.resize_delay_s:g})")
     p.add_argument("--service-time-deviations", type=float, default=defaults.service_time_deviations, metavar="K",

@@ -20,7 +20,8 @@ What is simulated (details in `adapter.sim.*`):
 - **Adaptation**: every `interval_s` the live adapter's step runs (`adapter.control.loop.AdaptationLoop`: history,
   predictor, the policy under the shared guards), fed by a simulated monitor (`adapter.control.monitor.Observation`
   built from the engine's counters, CPU use included for `vpa`), and its decision is carried out with the
-  costs of the real system: in-place variant and core changes after `switch_delay_s` / `resize_delay_s`, new
+  costs of the real system: in-place variant and core changes after the variant's measured switch time
+  (profiles/switch.csv, else `switch_delay_s`) / `resize_delay_s`, new
   replicas only after `cold_start_s`, removed replicas draining (`SimSettings`); ordered so that the cores held
   never pass `budget_cores` (in place first, what frees cores before what takes them, make-before-break only
   when both fit: `adapter.sim.engine.Engine.apply`; `SimResult.peak_cores`).
