@@ -12,7 +12,6 @@ for a build and none fails because of a swap.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,11 +20,14 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from mlserver_ipa.measuring import fastest
+from mlserver_ipa.ort_options import session_options
 from mlserver_ipa.settings import SequenceLimits
 from mlserver_ipa.tasks import is_model_folder
 from mlserver_ipa.tensor_spec import ORT_TYPES, V2_DATATYPES, TensorSpec, spec_of
 
-__all__ = ["V2_DATATYPES", "Session", "SessionHolder", "TensorSpec", "VariantSession", "open_session", "spec_of"]
+__all__ = ["V2_DATATYPES", "Session", "SessionHolder", "TensorSpec", "VariantSession", "open_session", "session_options",
+           "spec_of"]
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -34,21 +36,6 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     dtype, datatype = ORT_TYPES[arg.type]
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
     return TensorSpec(arg.name, dtype, datatype, shape)
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """Options used for every session: `threads` intra-op threads and no busy-waiting.
-
-    Spinning worker threads would burn the replica's CPU quota while the queue is empty, and with several
-    replicas on one machine they would steal cycles from each other.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 class VariantSession:
@@ -105,12 +92,7 @@ class VariantSession:
     def measure(self, rows: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
         """Fastest of `repeats` runs on zeros, in seconds (the first run also pays one-off allocations)."""
         feeds = self.zeros(rows)
-        best = math.inf
-        for _ in range(max(1, repeats)):
-            t0 = clock()
-            self.run_sync(feeds)
-            best = min(best, clock() - t0)
-        return best
+        return fastest(lambda: self.run_sync(feeds), repeats, clock)
 
 
 class Session(Protocol):

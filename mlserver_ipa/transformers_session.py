@@ -1,80 +1,84 @@
-"""Hugging Face checkpoint folders served in PyTorch: the execution of the text and speech stages.
+"""Hugging Face checkpoint folders as sessions: the execution of the text and speech stages.
 
 `TransformersSession` has the interface of `session.VariantSession` (inputs, outputs, signature, config,
 `run_requests`, `measure`) so `VariantRuntime` batches, measures and swaps it the same way; what it runs
-depends on the folder's task (`tasks`):
+depends on the folder's task (`tasks`) and backend (`onnx_encoder.backend_of`):
 
-- encoder-only stages (question answering, classification) in one forward call per length bucket (`text`),
-  padded to the longest row of the bucket;
-- sequence-to-sequence stages (summarisation, translation, speech recognition) with `generate`, greedy
-  (one beam, no sampling), at most `max_new_tokens` tokens; the folder's generation config may ask for fewer
-  or fix the length (the demo families do, since random weights stop at an arbitrary token).
+- encoder-only stages (question answering, classification) in one forward call per length bucket, padded to
+  the longest row of the bucket (`encoder_heads`), in onnxruntime where the folder has its ONNX export
+  (`ipa models build` writes one, with the measurement behind the choice in `execution.json`), else in PyTorch;
+- sequence-to-sequence stages (summarisation, translation, speech recognition) in PyTorch with `generate`
+  (`torch_model`), greedy, at most `max_new_tokens` tokens.
 
 Tokenizer and feature extractor are the folder's own (`AutoTokenizer`, `AutoFeatureExtractor`), so a real
-checkpoint a user brings is served by this same code. PyTorch, not onnxruntime: measured in
-`benchmarks/transformers_execution.py` (same threads, batch 1 and 8), and `generate` needs no export.
+checkpoint a user brings is served by this same code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import math
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mlserver_ipa.audio import check_waveforms, warmup_waveform
+from mlserver_ipa.encoder_heads import EncoderHeads, Forward
+from mlserver_ipa.measuring import fastest
+from mlserver_ipa.onnx_encoder import ENCODER_TASKS, ONNX_FILE, Backend, OnnxEncoder, backend_of
 from mlserver_ipa.settings import SequenceLimits
 from mlserver_ipa.tasks import SAMPLING_RATE, TENSORS, task_of
 from mlserver_ipa.tensor_spec import spec_of
-from mlserver_ipa.text import length_buckets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model folders are local; never reach for a hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the replica's threads are torch's
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the replica's threads are the model's
 
-import torch  # noqa: E402
 import transformers  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:  # already set in this process
-    pass
 
 SAMPLE_TEXT = ("The city council voted on Tuesday to build a new library next to the railway station, and the "
                "mayor said that work would start in the spring.")
 SAMPLE_QUESTION = "What did the council vote to build?"
-MAX_ANSWER_TOKENS = 30
 
 
 class TransformersSession:
-    """One variant's checkpoint folder loaded in PyTorch with a fixed number of intra-op threads."""
+    """One variant's checkpoint folder loaded with a fixed number of intra-op threads.
 
-    def __init__(self, variant: str, path: Path, threads: int, limits: SequenceLimits) -> None:
+    `backend` overrides the folder's own choice (benchmarks compare the two on one folder)."""
+
+    def __init__(self, variant: str, path: Path, threads: int, limits: SequenceLimits,
+                 backend: Backend | None = None) -> None:
         self.variant = variant
         self.path = path
         self.threads = threads
         self.limits = limits
         self.task = task_of(path)
-        torch.set_num_threads(threads)  # per process: a replica serves one session at a time
-        auto = {
-            "question-answering": transformers.AutoModelForQuestionAnswering,
-            "text-classification": transformers.AutoModelForSequenceClassification,
-            "text-generation": transformers.AutoModelForSeq2SeqLM,
-            "speech-recognition": transformers.AutoModelForSpeechSeq2Seq,
-        }[self.task]
-        self.model = auto.from_pretrained(path, dtype=torch.float32).eval()
+        self.backend: Backend = backend or backend_of(path, self.task)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.features = (transformers.AutoFeatureExtractor.from_pretrained(path)
                          if self.task == "speech-recognition" else None)
-        self._accepts = set(inspect.signature(self.model.forward).parameters)
-        positions = getattr(self.model.config, "max_position_embeddings", None) or limits.max_input_tokens
+        config = json.loads((path / "config.json").read_text())
+        self._model: Any = None
+        forward: Forward
+        if self.backend == "onnxruntime":
+            if self.task not in ENCODER_TASKS:
+                raise ValueError(f"{path}: onnxruntime serves encoder-only stages, not {self.task}")
+            forward = OnnxEncoder(path / ONNX_FILE, self.task, threads)
+        else:
+            from mlserver_ipa.torch_model import TorchModel  # torch: only where it runs
+
+            self._model = forward = TorchModel(path, self.task, threads)
+        positions = config.get("max_position_embeddings") or limits.max_input_tokens
         self.max_tokens = min(limits.max_input_tokens, int(self.tokenizer.model_max_length or positions), positions)
+        labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        self.heads = (EncoderHeads(self.task, self.tokenizer, labels, self.max_tokens, forward)
+                       if self.task in ENCODER_TASKS else None)
         inputs, outputs = TENSORS[self.task]
         self.inputs = [spec_of(t.name, t.datatype, t.shape) for t in inputs]
         self.outputs = [spec_of(t.name, t.datatype, t.shape) for t in outputs]
@@ -102,79 +106,23 @@ class TransformersSession:
 
     def run_sync(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Serve the rows of `requests` in one batch; outputs are their rows in order."""
-        with torch.inference_mode():
-            if self.task == "speech-recognition":
-                waves = [row for r in requests for row in r["input"]]
-                return {"output": _texts(self._transcribe(waves))}
-            texts = [str(t) for r in requests for t in r["input"]]
-            if self.task == "text-generation":
-                return {"output": _texts(self._generate(self.tokenizer(
-                    texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")))}
-            if self.task == "text-classification":
-                return self._classify(texts)
-            questions = [str(q) for r in requests for q in r["question"]]
-            return self._answer(questions, texts)
+        if self.task == "speech-recognition":
+            assert self.features is not None
+            waves = [row.astype(np.float32) for r in requests for row in r["input"]]
+            feats = self.features(waves, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True,
+                                  return_tensors="np")
+            return {"output": _texts(self._generate(feats))}
+        texts = [str(t) for r in requests for t in r["input"]]
+        if self.heads is not None:
+            questions = ([str(q) for r in requests for q in r["question"]]
+                         if self.task == "question-answering" else None)
+            return self.heads.run(texts, questions)
+        return {"output": _texts(self._generate(self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")))}
 
-    def _forward(self, encoded: Mapping[str, torch.Tensor]) -> object:
-        return self.model(**{k: v for k, v in encoded.items() if k in self._accepts})
-
-    def _generate(self, encoded: Mapping[str, torch.Tensor]) -> list[str]:
-        cap = self.limits.max_new_tokens
-        wanted = self.model.generation_config
-        ids = self.model.generate(
-            **{k: v for k, v in encoded.items() if k in self._accepts},
-            max_new_tokens=min(cap, wanted.max_new_tokens or cap),
-            min_new_tokens=min(cap, wanted.min_new_tokens or 0),
-            num_beams=1, do_sample=False)
+    def _generate(self, encoded: Mapping[str, Any]) -> list[str]:
+        ids = self._model.generate(encoded, self.limits.max_new_tokens)
         return list(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
-
-    def _transcribe(self, waves: list[np.ndarray]) -> list[str]:
-        assert self.features is not None
-        feats = self.features([w.astype(np.float32) for w in waves], sampling_rate=SAMPLING_RATE, padding=True,
-                              return_attention_mask=True, return_tensors="pt")
-        return self._generate(feats)
-
-    def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
-        labels = np.empty(len(texts), dtype=object)
-        scores = np.zeros(len(texts), dtype=np.float32)
-        for rows in self._buckets(texts):
-            enc = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt")
-            probs = torch.softmax(self._forward(enc).logits.float(), dim=-1)  # type: ignore[attr-defined]
-            best = probs.argmax(dim=-1)
-            for j, i in enumerate(rows):
-                labels[i] = str(self.model.config.id2label.get(int(best[j]), int(best[j])))
-                scores[i] = float(probs[j, best[j]])
-        return {"output": _texts(texts), "label": labels, "score": scores}
-
-    def _answer(self, questions: list[str], contexts: list[str]) -> dict[str, np.ndarray]:
-        answers = np.empty(len(contexts), dtype=object)
-        scores = np.zeros(len(contexts), dtype=np.float32)
-        lengths = [len(q) + len(c) for q, c in zip(questions, contexts, strict=True)]
-        for rows in length_buckets(lengths) if len(contexts) > 1 else [[0]]:
-            enc = self.tokenizer([questions[i] for i in rows], [contexts[i] for i in rows], padding=True,
-                                 truncation="only_second", max_length=self.max_tokens, return_offsets_mapping=True,
-                                 return_tensors="pt")
-            offsets = enc.pop("offset_mapping")
-            out = self._forward(enc)
-            start_p = torch.softmax(out.start_logits.float(), dim=-1)  # type: ignore[attr-defined]
-            end_p = torch.softmax(out.end_logits.float(), dim=-1)  # type: ignore[attr-defined]
-            for j, i in enumerate(rows):
-                in_context = torch.tensor([s == 1 for s in enc.sequence_ids(j)])
-                s_scores = torch.where(in_context, start_p[j], torch.zeros_like(start_p[j]))
-                start = int(s_scores.argmax())
-                window = end_p[j, start:start + MAX_ANSWER_TOKENS] * in_context[start:start + MAX_ANSWER_TOKENS]
-                end = start + int(window.argmax())
-                a, b = int(offsets[j, start, 0]), int(offsets[j, end, 1])
-                answers[i] = contexts[i][a:b] or contexts[i][a:a + 1]
-                scores[i] = float(s_scores[start] * end_p[j, end])
-        return {"output": answers, "score": scores}
-
-    def _buckets(self, texts: list[str]) -> list[list[int]]:
-        if len(texts) == 1:
-            return [[0]]
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]]
-        return length_buckets(lengths)
 
     # -- measurement -----------------------------------------------------------------------------------
 
@@ -190,16 +138,10 @@ class TransformersSession:
     def measure(self, rows: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
         """Fastest of `repeats` runs on the sample request, in seconds."""
         feeds = self.sample(rows)
-        best = math.inf
-        for _ in range(max(1, repeats)):
-            t0 = clock()
-            self.run_sync([feeds])
-            best = min(best, clock() - t0)
-        return best
+        return fastest(lambda: self.run_sync([feeds]), repeats, clock)
 
 
 def _texts(items: Sequence[str]) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = list(items)
     return out
-

@@ -206,3 +206,104 @@ def test_each_pipeline_gets_the_inputs_its_first_stage_takes() -> None:
     body = json.loads(payload("documents", question=True).body({"deadline_ms": 5.0}, 1))
     assert body["parameters"]["deadline_ms"] == 5.0 and body["parameters"]["question"].endswith("?")
     assert body["inputs"][0]["datatype"] == "BYTES" and len(body["inputs"][0]["data"][0].split()) > 50
+
+
+# -- the ONNX path of the encoder-only stages ------------------------------------------------------------
+
+ENCODERS = {"sentiment": ["distilbert-sentiment", "bert-sentiment", "roberta-sentiment"],
+            "squad2-qa": ["xlm-roberta-base-squad2", "roberta-base-squad2"], "lang-id": None}
+MIXED = ["What a wonderful day.", CONTEXT, "The food was cold and the service was slow, terribly slow, and the "
+         "waiter never came back to our table after he brought the bread."]
+
+
+@pytest.fixture(scope="module")
+def encoder_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("encoders")
+    for family, variants in ENCODERS.items():
+        build_repository(family, out, variants, tiny=True)
+    return out
+
+
+def test_encoder_builds_carry_their_onnx_export_and_say_which_backend_and_why(encoder_repo: Path) -> None:
+    from mlserver_ipa.onnx_encoder import ExecutionRecord
+
+    for family in ("sentiment", "squad2-qa", "lang-id"):
+        for folder in (p for p in (encoder_repo / family).iterdir() if p.is_dir()):
+            record = ExecutionRecord.model_validate_json((folder / "execution.json").read_text())
+            assert record.backend == "onnxruntime" and "benchmarks/transformers_execution.py" in record.why
+            assert (folder / "model.onnx").is_file()
+    out = encoder_repo / "seq2seq"
+    build_repository("opus-mt", out, ["opus-mt-fr-en"], tiny=True)
+    record = ExecutionRecord.model_validate_json((out / "opus-mt" / "opus-mt-fr-en" / "execution.json").read_text())
+    assert record.backend == "torch" and "generate" in record.why
+    assert not (out / "opus-mt" / "opus-mt-fr-en" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("family", list(ENCODERS))
+def test_the_onnx_path_answers_what_the_pytorch_path_answers(encoder_repo: Path, family: str) -> None:
+    from mlserver_ipa.settings import SequenceLimits
+    from mlserver_ipa.transformers_session import TransformersSession
+
+    feeds = {"input": np.array(MIXED, dtype=object)}
+    if family == "squad2-qa":
+        feeds["question"] = np.array(["How is the day?", "Where does the river flow?", "Who never came back?"],
+                                     dtype=object)
+    for folder in sorted(p for p in (encoder_repo / family).iterdir() if p.is_dir()):
+        ort_session = TransformersSession(folder.name, folder, 1, SequenceLimits())
+        torch_session = TransformersSession(folder.name, folder, 1, SequenceLimits(), backend="torch")
+        assert (ort_session.backend, torch_session.backend) == ("onnxruntime", "torch")
+        for rows in ([feeds], [{k: v[:1] for k, v in feeds.items()}, {k: v[1:] for k, v in feeds.items()}]):
+            got, want = ort_session.run_sync(rows), torch_session.run_sync(rows)
+            assert set(got) == set(want)
+            for name in want:
+                if want[name].dtype == object:
+                    assert list(got[name]) == list(want[name]), (folder.name, name)
+                else:
+                    np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=folder.name)
+
+
+def test_a_users_checkpoint_without_an_export_is_served_in_pytorch_unchanged(encoder_repo: Path,
+                                                                              tmp_path: Path) -> None:
+    import shutil
+
+    from mlserver_ipa.onnx_encoder import backend_of
+    from mlserver_ipa.settings import SequenceLimits
+    from mlserver_ipa.transformers_session import TransformersSession
+
+    theirs = tmp_path / "my-classifier"
+    shutil.copytree(encoder_repo / "sentiment" / "bert-sentiment", theirs,
+                    ignore=shutil.ignore_patterns("model.onnx", "execution.json", "TOKENIZER.md"))
+    assert backend_of(theirs, "text-classification") == "torch"
+    session = TransformersSession("mine", theirs, 1, SequenceLimits())
+    assert session.backend == "torch"
+    assert session.run_sync([{"input": np.array(["Fine."], dtype=object)}])["label"][0] in {"negative", "neutral",
+                                                                                             "positive"}
+    (theirs / "execution.json").write_text('{"backend": "onnxruntime"}')
+    with pytest.raises(ValueError, match="execution.json: backend onnxruntime, but there is no model.onnx"):
+        backend_of(theirs, "text-classification")
+    (theirs / "execution.json").write_text('{"backend": "tensorflow"}')
+    with pytest.raises(ValueError, match="execution.json"):
+        backend_of(theirs, "text-classification")
+
+
+def test_ipa_models_export_onnx_makes_a_users_folder_run_on_onnxruntime(
+    encoder_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from adapter.cli import main
+
+    theirs = tmp_path / "my-qa"
+    shutil.copytree(encoder_repo / "squad2-qa" / "roberta-base-squad2", theirs,
+                    ignore=shutil.ignore_patterns("model.onnx", "execution.json"))
+    assert main(["models", "export-onnx", str(theirs)]) == 0
+    assert (theirs / "model.onnx").is_file() and "wrote" in capsys.readouterr().out
+    from mlserver_ipa.settings import SequenceLimits
+    from mlserver_ipa.transformers_session import TransformersSession
+
+    session = TransformersSession("q", theirs, 1, SequenceLimits())
+    out = session.run_sync([{"input": np.array(["The sea is blue."], dtype=object),
+                             "question": np.array(["What is blue?"], dtype=object)}])
+    assert session.backend == "onnxruntime" and out["output"][0]
+    assert main(["models", "export-onnx", str(tmp_path)]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err

@@ -5,10 +5,14 @@
     ipa models build --family {s2t,squad2-qa,sentiment,lang-id,opus-mt,distilbart-xsum} --out DIR
                      [--variants a,b] [--model-name NAME] [--tiny]
     ipa models list
+    ipa models export-onnx FOLDER [FOLDER ...]
 
 The families have the real architectures with deterministic random weights: their latency is real, their
 accuracy is the model card's. ResNet and YOLO are written as ONNX, the speech and text families as Hugging
-Face checkpoint folders (built with `transformers`). `mlserver start DIR` serves what `build` writes.
+Face checkpoint folders (built with `transformers`); the encoder-only ones (squad2-qa, sentiment, lang-id) also
+get their ONNX export, served through onnxruntime (`mlserver_ipa.onnx_encoder`). `mlserver start DIR` serves what
+`build` writes. `export-onnx` exports a question-answering or classification checkpoint folder of your own
+(`save_pretrained` layout) to FOLDER/model.onnx, so the runtime serves it through onnxruntime too.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="transformers families: each architecture shrunk to 2 layers of width 32 (builds in "
                         "seconds; for tests and trying the serving path)")
     b.set_defaults(func=_build)
+
+    x = actions.add_parser(
+        "export-onnx",
+        help="export encoder-only checkpoint folders (QA, classification) to FOLDER/model.onnx",
+        description="Trace each folder's model to FOLDER/model.onnx (dynamic batch and sequence, fused for "
+        "onnxruntime), checked against PyTorch; the runtime then serves the folder through onnxruntime.",
+    )
+    x.add_argument("folders", nargs="+", type=Path, metavar="FOLDER")
+    x.set_defaults(func=_export)
 
     ls = actions.add_parser("list", help="the families, their variants and model-card accuracies")
     ls.set_defaults(func=_list)
@@ -104,6 +117,21 @@ def _build(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     model_name = args.model_name or family.name
     print(f"wrote {out / model_name} ({total_bytes / 1e6:.0f} MB); serve it with: mlserver start {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mlserver_ipa.tasks import is_model_folder
+    from mlserver_ipa.zoo.onnx_export import export_encoder
+
+    for folder in args.folders:
+        if not is_model_folder(folder):
+            raise UsageError(f"{folder}: not a checkpoint folder (no config.json)")
+        try:
+            path = export_encoder(folder)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
     return 0
 
 

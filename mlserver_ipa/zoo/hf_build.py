@@ -3,7 +3,9 @@
     OUT/settings.json
     OUT/<model>/model-settings.json       VariantRuntime; each variant's `uri` is its folder
     OUT/<model>/<variant>/                 save_pretrained: config.json, model.safetensors, generation_config.json,
-                                           tokenizer files, preprocessor_config.json (speech), TOKENIZER.md
+                                           tokenizer files, preprocessor_config.json (speech), TOKENIZER.md;
+                                           execution.json (the backend that serves it, and why) and, for the
+                                           encoder-only families, model.onnx (`onnx_export`)
     OUT/<model>/build.json                 what each folder was built from, so unchanged ones are kept
 
 Weights are random, drawn with torch's generator seeded by the variant's name, so a build is reproducible.
@@ -107,8 +109,11 @@ def build_transformers_repository(
             rebuilt = True
             record[name] = {"params": params, "bytes": size}
             record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        size, exported, spent = _ensure_backend(fam, folder, record[name])
+        if exported:
+            record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         if progress is not None:
-            progress(name, folder, size, rebuilt, seconds)
+            progress(name, folder, size, rebuilt or exported, seconds + spent)
     task = task_of(model_dir / names[0])
     inputs, outputs = TENSORS[task]
     settings = {
@@ -123,6 +128,31 @@ def build_transformers_repository(
     }
     (model_dir / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     return Path(out)
+
+
+def _ensure_backend(fam: TransformersFamily, folder: Path, entry: dict[str, Any]) -> tuple[int, bool, float]:
+    """Write the family's backend into `folder` (`execution.json`), exporting `model.onnx` when it is onnxruntime
+    and the export is missing or stale (an existing build gains its export without being rebuilt); return the
+    folder's size, whether it exported, and the seconds that took."""
+    from mlserver_ipa.onnx_encoder import EXECUTION_FILE, ONNX_FILE, ExecutionRecord
+
+    exported, seconds = False, 0.0
+    if fam.backend == "onnxruntime":
+        from mlserver_ipa.zoo.onnx_export import EXPORTER_VERSION, export_encoder
+
+        wanted = {"exporter": EXPORTER_VERSION, "of": entry.get("params")}
+        if entry.get("onnx") != wanted or not (folder / ONNX_FILE).is_file():
+            start = time.perf_counter()
+            export_encoder(folder)
+            seconds = time.perf_counter() - start
+            entry["onnx"] = wanted
+            exported = True
+    else:
+        (folder / ONNX_FILE).unlink(missing_ok=True)
+    record = ExecutionRecord(backend=fam.backend, why=fam.backend_why)
+    (folder / EXECUTION_FILE).write_text(record.model_dump_json(indent=2) + "\n")
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return size, exported, seconds
 
 
 def _jsonable(arch: Architecture) -> dict[str, Any]:

@@ -45,11 +45,21 @@ class Architecture:
     tiny: dict[str, Any] = field(default_factory=dict)
 
 
+SEQ2SEQ_WHY = ("PyTorch: generate (greedy decoding with a KV cache) would need a decoder-with-past export and a "
+               "decoding loop of our own; the encoder-only stages are the ones exported to ONNX")
+ENCODER_WHY = ("onnxruntime: benchmarks/transformers_execution.py measured the fused ONNX export faster than "
+               "PyTorch at the same threads on the demo's inputs (see the README's pipelines section)")
+
+
 @dataclass(frozen=True)
 class TransformersFamily(ModelFamily):
     """A family of `transformers` models for one task, with the same V2 tensors for every variant."""
 
     architectures: dict[str, Architecture]
+    backend: Literal["onnxruntime", "torch"] = "torch"
+    """What serves the family's folders (`onnx_encoder.backend_of`), chosen by measurement; `backend_why` says
+    which, and `hf_build` writes both into each folder's `execution.json`."""
+    backend_why: str = SEQ2SEQ_WHY
 
     def architecture(self, variant: str) -> Architecture:
         self.accuracy(variant)  # raises KeyError for a stranger
@@ -146,6 +156,7 @@ TRANSFORMERS_FAMILIES: dict[str, TransformersFamily] = {
             "roberta-base-squad2": _roberta("RobertaConfig", "RobertaForQuestionAnswering",
                                             "deepset/roberta-base-squad2", 50265, "byte-bpe"),
         },
+        backend="onnxruntime", backend_why=ENCODER_WHY,
     ),
     "sentiment": TransformersFamily(
         "sentiment", "sentiment classification", "accuracy (%)",
@@ -159,6 +170,7 @@ TRANSFORMERS_FAMILIES: dict[str, TransformersFamily] = {
             "distilbert-sst2": _distilbert(("NEGATIVE", "POSITIVE"),
                                            "distilbert-base-uncased-finetuned-sst-2-english"),
         },
+        backend="onnxruntime", backend_why=ENCODER_WHY,
     ),
     "lang-id": TransformersFamily(
         "lang-id", "language identification", "accuracy (%)",
@@ -166,6 +178,7 @@ TRANSFORMERS_FAMILIES: dict[str, TransformersFamily] = {
         {"xlm-roberta-base-langid": _roberta(
             "XLMRobertaConfig", "XLMRobertaForSequenceClassification",
             "dinalzein/xlm-roberta-base-finetuned-language-identification", 250002, "unigram-xlmr", LANGUAGES)},
+        backend="onnxruntime", backend_why=ENCODER_WHY,
     ),
     "opus-mt": TransformersFamily(
         "opus-mt", "translation fr-en", "BLEU (newsdiscussdev2015)",
