@@ -11,8 +11,11 @@ Poisson arrivals: nominal (60 % of capacity) for `--calm-s`, 3x nominal for `--b
 Printed, against the targets: goodput during the burst (200s within deadline per second) as a share of the
 capacity (>= 90 %); late 200s (answered 200 after the deadline, measured at the client from the scheduled send:
 0); p99 of answered requests per phase (<= SLO); seconds after the burst until every 1-s window's p99 is under
-the SLO again (<= 5 s); the router's RSS after vs before (within 10 %). One run is noisy on a shared machine:
-run it more than once and quote the spread.
+the SLO again (<= 5 s); the router's RSS after vs before (within 10 %); per phase, the arrival rate the adapter
+reads against the rate the generator really sent (within 10 % during the burst). The adapter's reading is taken as
+the live adapter takes it, by `DirectSource` (`adapter.control.monitor`) scraping the router's `/metrics` every
+second and observing at each phase's end, in a process of its own (`--monitor`), apart from the load generator.
+One run is noisy on a shared machine: run it more than once and quote the spread (the load average is printed).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from adapter.control.monitor import DirectSource
 from adapter.control.router_process import RouterProcess
 from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
 from mlserver_ipa.auth import write_token_file
@@ -104,6 +109,30 @@ def phases(records: list[RequestRecord], calm_s: float, burst_s: float, slo_ms: 
     }
 
 
+async def monitor(metrics_url: str, pipeline: str, start_epoch: float, ends_s: list[float]) -> None:
+    """`--monitor`: what the adapter reads. Samples the router's arrival counter every second from
+    `start_epoch` on and prints one JSON line per phase, observed at its end (`ends_s`, seconds after start)."""
+    source = DirectSource(pipeline, metrics_url, dict, started_at=0.0)
+    await source.observe(max(0.0, time.time() - start_epoch))  # the counter's value before the run
+    for end in ends_s:
+        while (now := time.time() - start_epoch) < end:
+            await asyncio.sleep(min(1.0, end - now))
+            if time.time() - start_epoch < end:
+                await source.sample(time.time() - start_epoch)
+        o = await source.observe(time.time() - start_epoch)
+        print(json.dumps({"end_s": end, "window_s": o.window_s, "load_rps": o.load_rps, "requests": o.requests,
+                          "available": o.available}), flush=True)
+    await source.aclose()
+
+
+async def read_by_adapter(router_url: str, start_epoch: float, ends_s: list[float]) -> list[dict[str, float]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--monitor", f"{router_url}/metrics", "--monitor-start", repr(start_epoch),
+        "--monitor-ends", ",".join(map(str, ends_s)), stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("build/models/resnet"))
@@ -116,7 +145,14 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--absolute", action="store_true",
                         help="requests carry their deadline as `ipa-deadline` from their scheduled send")
+    parser.add_argument("--monitor", metavar="METRICS_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--monitor-start", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--monitor-ends", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.monitor:
+        await monitor(args.monitor, "bench", args.monitor_start, [float(x) for x in args.monitor_ends.split(",")])
+        return
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="ipa-overload-"))
     repo, model = repository(args.models, args.variant, args.batch, tmp / "repo")
     replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
@@ -137,8 +173,13 @@ async def main() -> None:
             times = np.sort(np.concatenate([s + rng.random(rng.poisson(r)) for s, r in enumerate(rates)]))
             plan = LoadPlan(times, float(len(rates)), np.full(len(times), args.slo_ms))
             rss_before = rss_mb(router.proc.pid)
+            ends = [args.calm_s, args.calm_s + args.burst_s, float(len(rates))]
+            start_epoch = time.time() + 3.0  # the monitor process is up and has its first scrape by then
+            reading = asyncio.create_task(read_by_adapter(router.url, start_epoch, ends))
+            await asyncio.sleep(max(0.0, start_epoch - 0.05 - time.time()))  # run_load leads by 0.05 s
             records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
                                      absolute_deadlines=args.absolute)
+            read = await reading
             await asyncio.sleep(2)
             rss_after = rss_mb(router.proc.pid)
     finally:
@@ -154,6 +195,12 @@ async def main() -> None:
     print(f"recovered              {r['recovered_s']:.1f} s after the burst (target <= 5 s)")
     print(f"router RSS             {rss_before:.0f} MB -> {rss_after:.0f} MB ({rss_after / rss_before - 1:+.0%}; "
           "target within 10 %)")
+    bounds = [0.0, *ends]
+    for name, lo, hi, seen in zip(("before", "burst", "after"), bounds, bounds[1:], read, strict=False):
+        sent = sum(1 for r in records if lo <= r.sent_s < hi) / (hi - lo)
+        print(f"arrivals read, {name:6} {seen['load_rps']:.1f} rps by the adapter vs {sent:.1f} rps sent "
+              f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''})")
+    print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ and the stage's `output` becomes the next stage's `input`. A stage is called ove
 contents (`grpc_hop`) when its route says `protocol: grpc` (the default) and the replica has a `grpc_port`, else
 over REST/JSON; tensors keep the form they came in (`wire_tensors`: raw bytes or lists) until a hop or the
 answer needs the other one. Arrivals are counted as they come in, and per-pipeline
-request counts, latency histograms and outstanding requests are exported for Prometheus. The HTTP app, the
+request counts, latency histograms, outstanding requests and the budgets requests arrive with
+(`arrival_budgets`) are exported for Prometheus. The HTTP app, the
 client of its table and the process entry point are in `mlserver_ipa.router`.
 """
 
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mlserver_ipa.arrival_budgets import ArrivalBudgets
 from mlserver_ipa.deadlines import (
     DEADLINE_HEADER,
     DEADLINE_PARAM,
@@ -95,11 +97,13 @@ class PipelineRouter:
         registry: CollectorRegistry | None = None,
         upstreams: Upstreams | None = None,
         dispatch: DispatchSettings | None = None,
+        budget_window_s: float = 30.0,
     ) -> None:
         """`retries`: other replicas tried after one that failed; `timeout_s`: longest wait for a stage when
         the request carries no deadline; `registry`: where the metrics go (a fresh one when None);
         `upstreams`: where routes may send requests (loopback replicas when None); `dispatch`: in-flight slots
-        per replica and the bounded queue at the router (`mlserver_ipa.dispatch`)."""
+        per replica and the bounded queue at the router (`mlserver_ipa.dispatch`); `budget_window_s`: the window
+        of the arrival budgets exported for the adapter's cl_max (`mlserver_ipa.arrival_budgets`)."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.pipeline = pipeline
@@ -132,6 +136,8 @@ class PipelineRouter:
         self.m_retries = Counter("ipa_router_retries", "Stage calls sent again to another replica",
                                  [*labels, "stage"], registry=self.registry)
         self.registry.register(_OutstandingCollector(self))
+        self.budgets = ArrivalBudgets(pipeline, clock, budget_window_s)
+        self.registry.register(self.budgets)
 
     @property
     def stages(self) -> list[str]:
@@ -217,6 +223,8 @@ class PipelineRouter:
         if "id" in body and (not isinstance(body["id"], str) or len(body["id"]) > MAX_REQUEST_ID_CHARS):
             raise PipelineError(400, f"id must be a string of at most {MAX_REQUEST_ID_CHARS} characters")
         deadline_at = self._deadline(params, arrival)
+        if deadline_at is not None:
+            self.budgets.add(arrival.monotonic, deadline_at - arrival.epoch_ms)
         # On this router's clock from here on; the wall clock only to say it to the next hop.
         deadline = (math.inf if deadline_at is None
                     else arrival.monotonic + (deadline_at - arrival.epoch_ms) / 1000.0)

@@ -8,7 +8,10 @@ Before a request reaches any app, per connection (`RequestLimits`):
          the connection is closed
     --   a connection that sends nothing for `idle_timeout_s` is closed
 
-All answered in the V2 error shape `{"error": ...}`. `uvicorn_options(limits, wrap)` gives the options that
+All answered in the V2 error shape `{"error": ...}`. `on_request(scope)`, when given, is called for every request
+as soon as its headers are parsed: before its body is read and before the task that runs the app is scheduled, so
+a busy event loop cannot delay it behind other requests (the router counts and stamps arrivals there; what it
+puts in `scope["state"]` the app reads as `request.state`). `uvicorn_options(limits, wrap)` gives the options that
 make uvicorn use it (`uvicorn.Config(app, **options)`); `wrap` is applied once to the app uvicorn serves, so
 MLServer's own app (which we do not build) gets `LimitsMiddleware` and `WriteAuth` too (`mlserver_ipa.server`).
 
@@ -46,6 +49,7 @@ class _ConnectionGuard:
 
     limits: RequestLimits = RequestLimits()
     wrap: Callable[[ASGIApp], ASGIApp] | None = None
+    on_request: Callable[[dict[str, Any]], None] | None = None
     _wrapped: dict[int, ASGIApp]
     # uvicorn's protocol attributes the guard reads
     loop: asyncio.AbstractEventLoop
@@ -92,6 +96,11 @@ class _ConnectionGuard:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _accepted(self, before: Any) -> None:
+        """Tell `on_request` of a request whose headers were parsed just now (a cycle other than `before`)."""
+        if self.on_request is not None and self.cycle is not None and self.cycle is not before:
+            self.on_request(self.cycle.scope)
+
     def _cancel_timers(self) -> None:
         for timer in (self._head_timer, self._idle_timer):
             if timer is not None:
@@ -121,6 +130,11 @@ class _ConnectionGuard:
 
 class GuardedH11Protocol(_ConnectionGuard, H11Protocol):
     """h11 with the guard; h11 itself stops buffering a head at `h11_max_incomplete_event_size`."""
+
+    def handle_events(self) -> None:  # a request's head parsed (from new data, or one pipelined behind an answer)
+        before = self.cycle
+        super().handle_events()
+        self._accepted(before)
 
 
 class _HeadTooLarge(Exception):
@@ -154,6 +168,11 @@ def _httptools_protocol() -> type[Any] | None:
             self._count(len(name) + len(value) + 4)
             super().on_header(name, value)
 
+        def on_headers_complete(self) -> None:
+            before = self.cycle
+            super().on_headers_complete()
+            self._accepted(before)
+
     return GuardedHttpToolsProtocol
 
 
@@ -175,17 +194,23 @@ def guard(app: ASGIApp, limits: RequestLimits, token: str | None, writes: Sequen
 
 
 def guarded_protocol(limits: RequestLimits, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-                     parser: Parser | None = None) -> type[Any]:
-    """The protocol class for one server: `limits` at the connection, `wrap` applied once to its app."""
+                     parser: Parser | None = None,
+                     on_request: Callable[[dict[str, Any]], None] | None = None) -> type[Any]:
+    """The protocol class for one server: `limits` at the connection, `wrap` applied once to its app,
+    `on_request` told of every request as its head is parsed."""
     chosen = parser or default_parser()
     if chosen == "httptools" and _HTTPTOOLS is None:
         raise ValueError("the httptools parser is not installed (pip install httptools), use h11")
     base: type[Any] = GuardedH11Protocol if chosen == "h11" or _HTTPTOOLS is None else _HTTPTOOLS
     return type(base.__name__, (base,), {"limits": limits, "wrap": staticmethod(wrap) if wrap is not None else None,
+                                         "on_request": staticmethod(on_request) if on_request is not None else None,
                                          "_wrapped": {}})
 
 
 def uvicorn_options(limits: RequestLimits, wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-                    parser: Parser | None = None) -> dict[str, Any]:
-    """Options for `uvicorn.Config` (or MLServer's REST server settings) that put `limits` on every connection."""
-    return {"http": guarded_protocol(limits, wrap, parser), "h11_max_incomplete_event_size": limits.max_header_bytes}
+                    parser: Parser | None = None,
+                    on_request: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Options for `uvicorn.Config` (or MLServer's REST server settings) that put `limits` on every connection
+    (and `on_request`, see module doc)."""
+    return {"http": guarded_protocol(limits, wrap, parser, on_request),
+            "h11_max_incomplete_event_size": limits.max_header_bytes}

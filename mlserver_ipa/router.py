@@ -23,7 +23,9 @@ sends the `host:port` of every replica it started (`PUT /router/upstreams` with 
 from then on a route naming any other address is refused 403, as one naming another host always is; a route that
 is not well formed is 422 (`route_table`). Both writes need the pipeline's token (`mlserver_ipa.auth`: 401, or 403
 without one). Reads stay open; every connection has the request limits (`limits`).
-`GET /metrics` has per-pipeline request counts and latency histograms (Prometheus).
+`GET /metrics` has per-pipeline request counts and latency histograms (Prometheus); arrivals are counted as each
+request's headers are parsed (`accept_arrivals`), and the budgets requests arrived with are exported over a
+window (`--budget-window-s`, `arrival_budgets`) for the adapter's cl_max.
 
 With `--grpc-port` the process serves the pipeline over V2 gRPC too, in the same event loop (`router_grpc`;
 `tritonclient.grpc` works against it unmodified). Replicas are called over gRPC with raw tensor contents when
@@ -35,7 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 import httpx
@@ -64,6 +66,25 @@ from mlserver_ipa.wire_tensors import listed_all
 __all__ = ["PipelineError", "PipelineRouter", "RouterClient", "create_app", "main", "serve", "serve_app"]
 
 
+ARRIVAL_STATE = "ipa_arrival"
+"""Where `accept_arrivals` leaves a request's `Arrival` in its ASGI scope's state."""
+
+
+def accept_arrivals(router: PipelineRouter) -> Callable[[dict[str, Any]], None]:
+    """The connection's `on_request` hook (`protocol`): every inference request of the pipeline is counted and
+    stamped (`PipelineRouter.arrived`) as its headers are parsed, before its body is read or its task scheduled:
+    under overload the count is of what arrives, shed requests included, not of what the loop got round to."""
+    path = f"/v2/models/{router.pipeline}/infer"
+
+    def on_request(scope: dict[str, Any]) -> None:
+        if scope.get("method") == "POST" and scope.get("path") == path:
+            deadline = next((v for k, v in scope.get("headers") or () if k == DEADLINE_HEADER.encode()), None)
+            scope.setdefault("state", {})[ARRIVAL_STATE] = router.arrived(
+                None if deadline is None else deadline.decode("latin-1"))
+
+    return on_request
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -87,10 +108,12 @@ def create_app(router: PipelineRouter, token: str | None = None) -> FastAPI:
     async def infer(name: str, request: Request) -> Response:
         if name != router.pipeline:
             return _unknown(name)
-        arrival = router.arrived(request.headers.get(DEADLINE_HEADER))
+        arrival = request.scope.get("state", {}).get(ARRIVAL_STATE) or router.arrived(
+            request.headers.get(DEADLINE_HEADER))
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as e:
+            router.m_requests.labels(router.pipeline, "400").inc()  # every arrival is answered and counted
             return _error(400, f"body is not JSON: {e}")
         try:
             result = await router.infer(body, arrival)
@@ -185,10 +208,11 @@ KEEP_ALIVE_S = 75  # idle connections kept longer than clients keep theirs (http
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080,
-                    limits: RequestLimits | None = None) -> AsyncIterator[str]:
+async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080, limits: RequestLimits | None = None,
+                    on_request: Callable[[dict[str, Any]], None] | None = None) -> AsyncIterator[str]:
     """Serve an ASGI app in the running event loop, with the request limits (`RequestLimits.from_env()` when
-    None) on every connection; yields its base URL (port 0: a free one); stops on exit.
+    None) on every connection (and `on_request`, `protocol`); yields its base URL (port 0: a free one); stops on
+    exit.
 
     Raises OSError when it cannot listen (the port is taken, ...).
     """
@@ -197,7 +221,8 @@ async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8080,
     limits = limits or RequestLimits.from_env()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
                                            access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
-                                           **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits))))
+                                           **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits),
+                                                             on_request=on_request)))
 
     async def run() -> None:
         with contextlib.suppress(SystemExit):  # uvicorn exits the process when it cannot bind: not ours to end
@@ -224,7 +249,7 @@ async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 808
     """Serve `router` on host:port in the running event loop (table writes need `token`); yields its base URL;
     stops on exit."""
     try:
-        async with serve_app(create_app(router, token), host, port) as url:
+        async with serve_app(create_app(router, token), host, port, on_request=accept_arrivals(router)) as url:
             yield url
     finally:
         await router.aclose()
@@ -242,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="requests in flight per replica, in batches of its batch size (default %(default)s)")
     parser.add_argument("--queue-per-slot", type=int, default=DispatchSettings.queue_per_slot,
                         help="requests that may wait at the router per in-flight slot (default %(default)s)")
+    parser.add_argument("--budget-window-s", type=float, default=30.0,
+                        help="window of the arrival budgets exported for the adapter's cl_max (default %(default)s)")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -250,11 +277,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: {e}\n")
     dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
-    router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch)
+    router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch,
+                            budget_window_s=args.budget_window_s)
     # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
     config = uvicorn.Config(create_app(router, token), host=args.host, port=args.port, log_level="warning",
                             loop="none", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
-                            **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits)))
+                            **uvicorn_options(limits, lambda a: LimitsMiddleware(a, limits),
+                                             on_request=accept_arrivals(router)))
 
     async def run() -> None:
         grpc_server = None

@@ -175,7 +175,7 @@ class EmbeddedPipeline:
         # adapter the router's. It sends only to loopback replicas, and writes to its table need the token.
         router_process = await self._stack.enter_async_context(RouterProcess(
             spec.name, [st.name for st in spec.stages], host=s.host, port=s.port, token_file=self.token_file,
-            log=self.home / spec.name / "router.log"))
+            log=self.home / spec.name / "router.log", budget_window_s=spec.interval_s))
         assert router_process.client is not None
         router = router_process.client
         self.router_url = router_process.url

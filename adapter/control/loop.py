@@ -80,6 +80,18 @@ class Step:
     observation: Observation | None = None
     settings: PolicySettings = field(default_factory=PolicySettings)
     predictor: str = "reactive"
+    network_delay_ms: float = 0.0
+    """the cl_max the policy was given (`network_delay`)"""
+
+
+def network_delay(observation: Observation, slo_ms: float) -> float:
+    """Sponge's cl_max for a decision at `slo_ms`: the network delay observed, or the SLO minus the budget
+    requests arrived with at the router when that is larger (never below 0, never a non-finite number)."""
+    delay = observation.network_delay_ms
+    budget = observation.arrival_budget_ms
+    if budget is not None and math.isfinite(budget):
+        delay = max(delay, slo_ms - budget)
+    return max(0.0, delay) if math.isfinite(delay) else 0.0
 
 
 def same_deployment(a: Decision | None, b: Decision | None) -> bool:
@@ -184,16 +196,17 @@ class AdaptationLoop:
         if not math.isfinite(predicted) or predicted < 0:
             predicted = float(history[-1]) if history else 0.0
         policy_state = state.policy_state if state.policy == config.settings.policy else PolicyState()
+        cl_max = network_delay(observation, config.slo_ms)
         context = PolicyContext(
             now=now, predicted_load_rps=predicted, observed_load_rps=history[-self.settings.observed_s:],
-            cpu_usage=cpu, network_delay_ms=observation.network_delay_ms, current=current)
+            cpu_usage=cpu, network_delay_ms=cl_max, current=current)
         try:
             decision, policy_state = decide(context, config, policy_state)
         except UsageError as e:  # ProblemError, SpecError: the inputs cannot be decided on
             return self._keep(state, observation, now, config, name, f"policy {config.settings.policy} failed: {e}")
         apply = state.unapplied or not same_deployment(decision, current)
         step = Step(at=now, decision=decision, predicted_load_rps=predicted, apply=apply, observation=observation,
-                    settings=config.settings, predictor=name)
+                    settings=config.settings, predictor=name, network_delay_ms=cl_max)
         return step, replace(state, current=decision, policy=config.settings.policy, policy_state=policy_state,
                              unapplied=state.unapplied or apply)
 

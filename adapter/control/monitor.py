@@ -19,6 +19,8 @@ What is read where (names of `mlserver_ipa.router` and `mlserver_ipa.metrics`):
     stage p99          router  ipa_router_stage_duration_seconds_bucket{pipeline,stage}
     drops, misses      replica ipa_requests_dropped_total{model,reason}, ipa_deadline_misses_total{model}
     CPU used           replica process_cpu_seconds_total
+    arrival budget     router  ipa_router_arrival_budget_ms{pipeline,quantile="0.01"} (a gauge over the router's
+                               window: the loop turns it into cl_max = SLO - budget)
 
 When the load cannot be read (the router's metrics are unreachable, Prometheus is down) the observation is
 *unavailable* and carries the reason: the loop then keeps the configuration in force and records why. A replica
@@ -198,6 +200,8 @@ class DirectSource:
         errors = total(d, "ipa_router_requests_total", lambda lb: lb.get("code") != "200", pipeline=self.pipeline)
         p99 = histogram_quantile(QUANTILE, buckets(d, "ipa_router_request_duration_seconds", pipeline=self.pipeline))
         stage_calls = by_label(d, "ipa_router_stage_requests_total", "stage", pipeline=self.pipeline)
+        budget = [v for (n, labels), v in router_now.items() if n == "ipa_router_arrival_budget_ms"
+                  and _matches(labels, {"pipeline": self.pipeline, "quantile": "0.01"})]
 
         points = [(last_at, self._arrivals(before) if before is not None else 0.0),
                   *[(t, c) for t, c in self._samples if last_at < t < now], (now, self._arrivals(router_now))]
@@ -229,7 +233,8 @@ class DirectSource:
             at=now, window_s=window, load_rps=requests / window if window > 0 else 0.0,
             rates=per_second_rates(points), p99_ms=None if p99 is None else p99 * 1000.0,
             requests=round(requests), errors=round(errors), dropped=sum(s.dropped for s in stages),
-            deadline_misses=sum(s.deadline_misses for s in stages), stages=tuple(stages), notes=tuple(notes))
+            deadline_misses=sum(s.deadline_misses for s in stages), stages=tuple(stages), notes=tuple(notes),
+            arrival_budget_ms=min(budget) if budget else None)
 
     async def _scrape_replicas(
         self, now: float, urls: Mapping[str, Sequence[str]]

@@ -126,6 +126,7 @@ class PrometheusSource:
         drops = _by(q(f"sum by (stage) (increase(ipa_requests_dropped_total{{{replica_sel}}}{rng}))"), "stage")
         misses = _by(q(f"sum by (stage) (increase(ipa_deadline_misses_total{{{replica_sel}}}{rng}))"), "stage")
         rates = self._rates(prom, sel, window)
+        budget = _value(q(f'min(min_over_time(ipa_router_arrival_budget_ms{{{sel},quantile="0.01"}}{rng}))'))
 
         stages = tuple(StageObservation(
             name=s, arrival_rps=calls.get(s, 0.0) / w, p99_ms=None if s not in stage_p99 else stage_p99[s] * 1000,
@@ -135,7 +136,7 @@ class PrometheusSource:
             at=now, window_s=window, load_rps=requests_in / w, rates=rates,
             p99_ms=None if p99 is None else p99 * 1000.0, requests=round(requests_in), errors=round(errors),
             dropped=sum(s.dropped for s in stages), deadline_misses=sum(s.deadline_misses for s in stages),
-            stages=stages)
+            stages=stages, arrival_budget_ms=budget)
 
     def _rates(self, prom: PrometheusConnect, sel: str, window: float) -> tuple[float, ...]:
         """Per-second arrival rates over the window (empty when the server has no points for it)."""

@@ -49,6 +49,10 @@ class Observation:
     network_delay_ms: float = 0.0
     """the most network time a request had spent before it reached the pipeline (SLO minus the budget it
     arrived with), over the window: Sponge's cl_max, which the `sponge` policy takes off the SLO"""
+    arrival_budget_ms: float | None = None
+    """the 1st percentile of the budgets requests arrived with at the router (deadline minus arrival, ms); None
+    when none carried a deadline. The loop takes cl_max as the SLO minus it when that is more than
+    `network_delay_ms` (the live monitor fills this, the simulator `network_delay_ms`)"""
     stages: tuple[StageObservation, ...] = ()
     notes: tuple[str, ...] = ()
     """partial problems that did not make the observation unavailable (a replica not scraped)"""

@@ -85,13 +85,18 @@ class ObservedLoad(BaseModel):
     dropped: int = 0
     deadline_misses: int = 0
     cpu_cores: dict[str, float] = Field(default_factory=dict, description="CPU used per stage, cores")
+    arrival_budget_ms: float | None = Field(None, description="1st percentile of the budgets requests arrived "
+                                                              "with at the router, ms (None: none had a deadline)")
+    network_delay_ms: float = Field(0.0, description="cl_max the decision was given: time requests spent before "
+                                                     "they arrived (SLO minus that budget), ms")
     notes: list[str] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, o: Observation) -> ObservedLoad:
+    def of(cls, o: Observation, network_delay_ms: float = 0.0) -> ObservedLoad:
         return cls(available=o.available, reason=o.reason, window_s=o.window_s, load_rps=o.load_rps,
                    p99_ms=o.p99_ms, requests=o.requests, errors=o.errors, dropped=o.dropped,
-                   deadline_misses=o.deadline_misses, cpu_cores=o.cpu_cores, notes=list(o.notes))
+                   deadline_misses=o.deadline_misses, cpu_cores=o.cpu_cores, arrival_budget_ms=o.arrival_budget_ms,
+                   network_delay_ms=network_delay_ms, notes=list(o.notes))
 
 
 class FailedStep(BaseModel):
@@ -283,7 +288,8 @@ class AdapterService:
             index=self._count, trigger=trigger, outcome=outcome, reason=reason, at=now, time=self.wallclock(),
             policy=s.policy, predictor=step.predictor, slo_ms=s.slo_ms or self.spec.slo_ms,
             alpha=w.alpha, beta=w.beta, delta=w.delta,
-            observed=ObservedLoad.of(step.observation) if step.observation is not None else None,
+            observed=(ObservedLoad.of(step.observation, step.network_delay_ms)
+                      if step.observation is not None else None),
             predicted_load_rps=step.predicted_load_rps, decision=step.decision, apply=report,
             in_force=await self._in_force())
         self.history.append(record)
