@@ -1,17 +1,23 @@
 """The speech and text families through `VariantRuntime` vs the same model called directly, and switching under load.
 
-    python benchmarks/transformers_runtime.py [--models build/models] [--families s2t,sentiment,...]
-                                              [--threads 1] [--batch 4] [--requests 12] [--tiny]
+    python benchmarks/transformers_runtime.py [--models /work/pipelines-models] [--families s2t,sentiment,...]
+                                              [--threads 1] [--batches 1,2,4,8] [--rounds 3] [--block-s 4] [--tiny]
 
-Per family (its first variant, the inputs `ipa load` sends for it: speech, sentences with a question, French
-paragraphs, documents):
+Per family (its first variant, served by the backend its folder records: onnxruntime for the encoder-only
+families, exported first into a linked copy when the build has no export; PyTorch for seq2seq), on the inputs
+`ipa load` sends it (speech, sentences with a question, French paragraphs, documents):
 
-1. direct: `TransformersSession.run_sync` in this process, rows handed in whole, no HTTP: throughput at batch 1
-   (one row per call) and at `--batch` rows per call;
-2. runtime: `mlserver start` serving the family, a closed loop of 1 client at batch size 1, then `--batch`
-   clients at batch size `--batch` (the runtime forms the batches); the ratio runtime/direct per point;
-3. switch: while `--batch` clients keep sending, the control endpoint switches to the family's second variant;
-   failed requests during the run and the switch time the runtime reports (`last_switch_ms`).
+- direct: the same session class the runtime uses (`TransformersSession.run_sync`, tokeniser and answer
+  extraction included) called with the same intra-op threads, no HTTP, in a process of its own started as the
+  server is (its own session: with the kernel's autogroup scheduling, a process in the benchmark's session would
+  get another share of a loaded machine than the server does): `b` one-row requests per call, as the runtime
+  hands a batch of `b` requests over;
+- runtime: a real `mlserver start` serving the family, `b` closed-loop V2 clients (REST/JSON, one row per
+  request), batch size `b` set through the control endpoint (the runtime forms the batches);
+- interleaved: each round measures direct then runtime (alternating which goes first) for `--block-s`
+  seconds each, at batch 1 and at the family's best batch (the `--batches` size with the most rows per second
+  direct, measured first), so machine load affects both alike. It prints rows per second of both (median over
+  rounds), the ratio runtime/direct per round (median and min-max), and the load average before and after.
 
 With `--switch RUNS` only the switch is measured, properly: the family's variants in turn, each switched to RUNS
 times while `--batch` closed-loop clients keep sending; per switch the time the runtime reports, the failed
@@ -21,9 +27,9 @@ decision's and the simulator's switch costs, `adapter.profiling.switch_profile`)
 with every line. `--runtime-tree DIR` serves with another checkout's runtime (DIR first on the spawned
 `mlserver start`'s PYTHONPATH): the before/after comparison of a change to the switch path.
 
-Same intra-op threads everywhere (`--threads`); the direct measurement runs before the server starts, so the two
-never share the CPU. Families are built with `ipa models build --family F --out MODELS/F` first (`--tiny`
-builds tiny ones in a temporary folder instead). The machine is shared: run it more than once, compare ratios.
+Same intra-op threads everywhere (`--threads`). Families are built with `ipa models build --family F --out
+MODELS/F` first (`--tiny` builds tiny ones in a temporary folder instead). The machine is shared: run it more
+than once, compare ratios.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,76 +55,147 @@ KINDS = {"s2t": ("speech", False), "squad2-qa": ("sentences", True), "sentiment"
          "lang-id": ("french", False), "opus-mt": ("french", False), "distilbart-xsum": ("documents", False)}
 
 
-def direct(folder: Path, variant: str, threads: int, bodies: list[dict], batch: int, requests: int) -> dict[int, float]:
-    """Rows per second of the session called in this process, at batch 1 and `batch`."""
+def load_avg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def decoded(session, bodies: list[bytes]) -> list[dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """The requests as the runtime decodes them (tensors, a QA question from the parameters)."""
     from mlserver.types import InferenceRequest
 
     from mlserver_ipa.tensors import decode_inputs
-    from mlserver_ipa.transformers_session import TransformersSession
 
-    session = TransformersSession(variant, folder, threads, SequenceLimits())
     feeds = []
-    for body in bodies:
+    for raw in bodies:
+        body = json.loads(raw)
         req = InferenceRequest.model_validate(body)
         params = {k: v for k, v in (body.get("parameters") or {}).items() if isinstance(v, str)}
         feeds.append(decode_inputs(req.inputs, session.inputs, 64, "output", params)[0])
-    out = {}
-    for b in (1, batch):
-        for i in range(len(feeds)):  # warm-up: every input length once, as the server's first requests are
-            session.run_sync([feeds[(i + j) % len(feeds)] for j in range(b)])
-        t0 = time.perf_counter()
-        done = 0
-        while done < requests:
-            session.run_sync([feeds[(done + i) % len(feeds)] for i in range(b)])
-            done += b
-        out[b] = done / (time.perf_counter() - t0)
-    return out
+    return feeds
 
 
-async def closed_loop(url: str, model: str, bodies: list[bytes], clients: int, requests: int,
-                      stop: asyncio.Event | None = None) -> tuple[float, int, int]:
-    """(rows per second, answered, failed) of `clients` closed-loop clients sending `requests` in all."""
-    sent = 0
+def direct_block(session, feeds: list[dict[str, np.ndarray]], batch: int, seconds: float,  # type: ignore[no-untyped-def]
+                 call_ms: list[float] | None = None) -> float:
+    """Rows per second of `session.run_sync` on `batch` one-row requests per call, for about `seconds`; each
+    call's time goes to `call_ms`."""
+    t0 = time.perf_counter()
+    done = calls = 0
+    while calls < 2 or time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
+        session.run_sync([feeds[(done + i) % len(feeds)] for i in range(batch)])
+        if call_ms is not None:
+            call_ms.append((time.perf_counter() - t) * 1000)
+        done += batch
+        calls += 1
+    return done / (time.perf_counter() - t0)
+
+
+_SESSION = None
+_FEEDS: list[dict[str, np.ndarray]] = []
+
+
+def _worker_init(folder: str, variant: str, threads: int, bodies: list[bytes]) -> None:
+    """The direct process: its own session (so its own scheduling group, as `mlserver start` has), one model."""
+    global _SESSION, _FEEDS
+    os.setsid()
+    from mlserver_ipa.transformers_session import TransformersSession
+
+    _SESSION = TransformersSession(variant, Path(folder), threads, SequenceLimits())
+    _FEEDS = decoded(_SESSION, bodies)
+
+
+def _worker_block(batch: int, seconds: float) -> tuple[float, list[float]]:
+    call_ms: list[float] = []
+    return direct_block(_SESSION, _FEEDS, batch, seconds, call_ms), call_ms
+
+
+class Direct:
+    """The model called directly, in a process of its own started like the server (own session, so the kernel's
+    autogroup scheduling gives it the share `mlserver start` gets), with the same threads."""
+
+    def __init__(self, folder: Path, variant: str, threads: int, bodies: list[bytes]) -> None:
+        import multiprocessing
+
+        self.pool = multiprocessing.get_context("spawn").Pool(
+            1, initializer=_worker_init, initargs=(str(folder), variant, threads, bodies))
+        self.backend = self.pool.apply(_backend)
+
+    def block(self, batch: int, seconds: float, call_ms: list[float] | None = None) -> float:
+        rate, ms = self.pool.apply(_worker_block, (batch, seconds))
+        if call_ms is not None:
+            call_ms.extend(ms)
+        return float(rate)
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def _backend() -> str:
+    return str(_SESSION.backend)  # type: ignore[attr-defined]
+
+
+async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list[bytes], clients: int,
+                        seconds: float, service_ms: list[float] | None = None) -> tuple[float, int]:
+    """(rows per second, failed) of `clients` closed-loop clients for about `seconds`; the batches' service
+    times the runtime reports go to `service_ms` (once per batch)."""
     ok = failed = 0
+    batches: set[int] = set()
+    t0 = time.perf_counter()
 
-    async def client(c: httpx.AsyncClient) -> None:
-        nonlocal sent, ok, failed
-        while sent < requests and not (stop is not None and stop.is_set()):
-            i = sent
-            sent += 1
+    async def client(i: int) -> None:
+        nonlocal ok, failed
+        while time.perf_counter() - t0 < seconds or ok < 2 * clients:
             r = await c.post(f"{url}/v2/models/{model}/infer", content=bodies[i % len(bodies)],
                              headers={"content-type": "application/json"})
+            i += 1
             if r.status_code == 200:
                 ok += 1
+                params = r.json()["parameters"]
+                if service_ms is not None and params["batch_id"] not in batches:
+                    batches.add(params["batch_id"])
+                    service_ms.append(params["service_ms"])
             else:
                 failed += 1
+                if failed > 100:
+                    raise RuntimeError(f"{model}: {r.status_code} {r.text}")
 
-    async with httpx.AsyncClient(timeout=120) as c:
-        await c.post(f"{url}/v2/models/{model}/infer", content=bodies[0], headers={"content-type": "application/json"})
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(c) for _ in range(clients)))
-        return ok / (time.perf_counter() - t0), ok, failed
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return ok / (time.perf_counter() - t0), failed
 
 
-async def through_runtime(server: Server, model: str, bodies: list[bytes], batch: int, requests: int,
-                          second: str | None) -> tuple[dict[int, float], tuple[int, int, float | None] | None]:
+async def interleaved(server: Server, model: str, direct: Direct, bodies: list[bytes], batches: list[int],
+                      rounds: int, seconds: float) -> tuple[int, dict[int, list[tuple[float, float]]], int,
+                                                            dict[int, tuple[float, float]]]:
+    """(best batch, {batch: [(direct, runtime) rows per second per round]}, failed requests, {batch: (median ms
+    of a direct call, median service ms of a runtime batch)}: where the runtime's time goes)."""
     auth = {"authorization": f"Bearer {server.token}"}
     control = f"{server.url}/v2/models/{model}/control"
-    out = {}
-    for b in (1, batch):
-        httpx.post(control, json={"batch_size": b, "max_batch_time_ms": 20 if b > 1 else 0}, headers=auth,
-                   timeout=600).raise_for_status()
-        out[b] = (await closed_loop(server.url, model, bodies, b, requests))[0]
-    if second is None:
-        return out, None
-    load = asyncio.create_task(closed_loop(server.url, model, bodies, batch, 10 ** 6, stop := asyncio.Event()))
-    await asyncio.sleep(1.0)
-    async with httpx.AsyncClient(timeout=600) as c:
-        state = (await c.post(control, json={"variant": second}, headers=auth)).json()
-    await asyncio.sleep(1.0)
-    stop.set()
-    _, ok, failed = await load
-    return out, (ok, failed, state.get("last_switch_ms"))
+    for b in batches:  # warm-up: every input length once at every batch size
+        direct.block(b, 0.0)
+    best = max(batches, key=lambda b: direct.block(b, seconds / 2))
+    points = sorted({1, best})
+    out: dict[int, list[tuple[float, float]]] = {b: [] for b in points}
+    calls: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in points}
+    failed = 0
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as c:
+        async def configure(b: int) -> None:
+            r = await c.post(control, json={"batch_size": b, "max_batch_time_ms": 50 if b > 1 else 0}, headers=auth)
+            r.raise_for_status()
+            await runtime_block(c, server.url, model, bodies, b, 0.0)  # warm-up at this batch size
+
+        for r in range(rounds):
+            for b in points:
+                await configure(b)
+                runtime_first = r % 2 == 1
+                if runtime_first:
+                    rt, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][1])
+                d = direct.block(b, seconds, calls[b][0])
+                if not runtime_first:
+                    rt, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][1])
+                failed += f
+                out[b].append((d, rt))
+    return best, out, failed, {b: (statistics.median(d), statistics.median(s)) for b, (d, s) in calls.items()}
 
 
 async def switching(server: Server, model: str, bodies: list[bytes], batch: int, variants: list[str],
@@ -163,11 +242,15 @@ async def switching(server: Server, model: str, bodies: list[bytes], batch: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=Path("build/models"))
+    parser.add_argument("--models", type=Path, default=Path("/work/pipelines-models"))
     parser.add_argument("--families", default=",".join(KINDS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=4, help="with --switch: closed-loop clients and batch size")
+    parser.add_argument("--batches", default="1,2,4,8", help="batch sizes the best batch is chosen from")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block-s", type=float, default=4.0, help="seconds per measurement block")
+    parser.add_argument("--exports", type=Path,
+                        help="keep the ONNX exports of read-only builds here, for the next run (default: a temporary folder)")
     parser.add_argument("--tiny", action="store_true", help="build tiny configurations in a temporary folder")
     parser.add_argument("--switch", type=int, default=0, metavar="RUNS",
                         help="measure only the switch: every variant switched to RUNS times under load")
@@ -181,39 +264,67 @@ def main() -> None:
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="ipa-bench-tf-"))
-    print(f"{args.threads} thread(s), batch {args.batch}, {args.requests} requests per point; rows per second")
-    print(f"{'family':<16} {'variant':<24} {'direct b1':>9} {'runtime b1':>10} {'ratio':>5} "
-          f"{'direct b' + str(args.batch):>9} {'runtime b' + str(args.batch):>10} {'ratio':>5} "
-          f"{'switch to':<24} {'ms':>7} {'ok':>4} {'failed':>6}")
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"runtime vs direct: {args.threads} thread(s), {args.rounds} interleaved rounds of {args.block_s:g} s per "
+          f"point, best batch of {batches}; rows per second (median over rounds); load average {load_avg()}")
+    print(f"{'family':<16} {'variant':<24} {'backend':<11} {'batch':>5} {'direct':>8} {'runtime':>8} "
+          f"{'ratio':>5} {'min-max':>10} {'failed':>6} {'call ms':>8} {'serve ms':>8}  load avg")
     for family in args.families.split(","):
         fam = TRANSFORMERS_FAMILIES[family]
-        models = tmp / "tiny" if args.tiny else args.models / family
+        first = fam.variant_names[0]
         if args.tiny:
-            build_repository(family, models, fam.variant_names[:2], tiny=True)
-        folder = models / family
-        first, second = fam.variant_names[0], (fam.variant_names[1] if len(fam.variant_names) > 1 else None)
+            build_repository(family, tmp / "tiny", [first], tiny=True)
+            folder = tmp / "tiny" / family
+        else:
+            folder = with_backend(args.models / family / family, fam, first, (args.exports or tmp / "linked") / family)
         kind, question = KINDS[family]
         p = payload(kind, question=question)
         bodies = [p.body({}, i) for i in range(len(p.alternatives))]
-        d = direct(folder / first, first, args.threads, [json.loads(b) for b in bodies], args.batch, args.requests)
-        repo = tmp / f"repo-{family}"
-        (repo / family).mkdir(parents=True)
-        settings = json.loads((folder / "model-settings.json").read_text())
-        for v in settings["parameters"]["extra"]["variants"]:
-            v["uri"] = str((folder / v["uri"]).resolve())
-        settings["parameters"]["extra"].update(threads=args.threads)
-        (repo / family / "model-settings.json").write_text(json.dumps(settings))
-        server = Server(repo, None, tmp / f"{family}.log")
+        direct = Direct(folder / first, first, args.threads, bodies)
+        server = serve(folder, family, args.threads, tmp)
         try:
-            server.wait_ready([family], timeout=600)
-            r, switch = asyncio.run(through_runtime(server, family, bodies, args.batch, args.requests, second))
+            server.wait_ready([family], timeout=900)
+            best, points, failed, call_ms = asyncio.run(interleaved(server, family, direct, bodies, batches,
+                                                                    args.rounds, args.block_s))
         finally:
             server.stop()
-        sw = (f"{second:<24} {switch[2] or 0:>7.0f} {switch[0]:>4} {switch[1]:>6}" if switch and second
-              else f"{'-':<24} {'-':>7} {'-':>4} {'-':>6}")
-        print(f"{family:<16} {first:<24} {d[1]:>9.2f} {r[1]:>10.2f} {r[1] / d[1]:>5.2f} {d[args.batch]:>9.2f} "
-              f"{r[args.batch]:>10.2f} {r[args.batch] / d[args.batch]:>5.2f} {sw}", flush=True)
+            direct.close()
+        for b, runs in points.items():
+            ratios = [rt / d for d, rt in runs]
+            print(f"{family:<16} {first:<24} {direct.backend:<11} {b:>4}{'*' if b == best else ' '} "
+                  f"{statistics.median(d for d, _ in runs):>8.2f} {statistics.median(rt for _, rt in runs):>8.2f} "
+                  f"{statistics.median(ratios):>5.2f} {min(ratios):>4.2f}-{max(ratios):<5.2f} {failed:>6} "
+                  f"{call_ms[b][0]:>8.1f} {call_ms[b][1]:>8.1f}  {load_avg()}", flush=True)
+    print("* the family's best batch (most rows per second direct); call ms: one direct call (median); serve ms: "
+          "the runtime's service time of one batch as it reports it (median)")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def with_backend(built: Path, fam, variant: str, into: Path) -> Path:  # type: ignore[no-untyped-def]
+    """`built` itself when `variant` there already has its family's backend; otherwise a copy of the model
+    folder whose `variant` links to the built files and gains the ONNX export (builds may be read-only)."""
+    from mlserver_ipa.onnx_encoder import ONNX_FILE
+    from mlserver_ipa.zoo.onnx_export import export_encoder
+
+    if fam.backend != "onnxruntime" or (built / variant / ONNX_FILE).is_file():
+        return built
+    if (into / variant / ONNX_FILE).is_file():  # exported by an earlier run (--exports)
+        return into
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    shutil.copy(built / "model-settings.json", into / "model-settings.json")
+    settings = json.loads((into / "model-settings.json").read_text())
+    for v in settings["parameters"]["extra"]["variants"]:
+        v["uri"] = str((built / v["uri"]).resolve()) if v["name"] != variant else v["uri"]
+    (into / "model-settings.json").write_text(json.dumps(settings))
+    (into / variant).mkdir()
+    for f in (built / variant).iterdir():
+        if f.is_file():
+            (into / variant / f.name).symlink_to(f.resolve())
+    t0 = time.perf_counter()
+    export_encoder(into / variant)
+    print(f"  ({variant}: exported to ONNX in {time.perf_counter() - t0:.0f} s; load average {load_avg()})", flush=True)
+    return into
 
 
 def serve(folder: Path, family: str, threads: int, tmp: Path) -> Server:
