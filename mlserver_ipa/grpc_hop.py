@@ -10,12 +10,13 @@ Python numbers at the router, and nothing is JSON on the way (`wire_tensors`).
 (`outputs` with `bytes` data, `parameters`, or `error`), and `status` the HTTP status the gRPC code stands for
 (`v2_proto.http_status`: UNAVAILABLE, which a replica that is gone or overloaded answers, is 503; a call past
 its `timeout` is 504), so the router judges both hops by one rule. One channel per replica address, opened on
-first use and kept (gRPC multiplexes every call on it).
+first use and kept while the address is in the table (gRPC multiplexes every call on it); `prune` closes those
+of replicas that left it once their last call is done, so channels stay as many as the replicas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ class GrpcHop:
     def __init__(self, max_message_bytes: int = RequestLimits().max_body_bytes) -> None:
         self.max_message_bytes = max_message_bytes
         self._stubs: dict[str, tuple[grpc.aio.Channel, Stub]] = {}
+        self._in_flight: dict[str, int] = {}
 
     def _stub(self, address: str) -> Stub:
         found = self._stubs.get(address)
@@ -49,12 +51,27 @@ class GrpcHop:
         except ValueError as e:
             return 400, {"error": str(e)}
         metadata = tuple((k, v) for k, v in headers.items() if k != "content-type")
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
         try:
             response = await self._stub(address).ModelInfer(message, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             return http_status(e.code()), {"error": e.details() or e.code().name}
+        finally:
+            self._in_flight[address] -= 1
         return 200, {"model_name": response.model_name, "id": response.id or None,
                      "parameters": params_from_pb(response.parameters), "outputs": from_pb_outputs(response)}
+
+    async def prune(self, keep: Collection[str]) -> None:
+        """Close the channels to addresses not in `keep` that have no call in flight."""
+        for address in [a for a in self._stubs if a not in keep and not self._in_flight.get(a)]:
+            channel, _ = self._stubs.pop(address)
+            self._in_flight.pop(address, None)
+            await channel.close()
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses a channel is open to."""
+        return sorted(self._stubs)
 
     async def aclose(self) -> None:
         stubs, self._stubs = self._stubs, {}

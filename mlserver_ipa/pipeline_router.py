@@ -150,6 +150,8 @@ class PipelineRouter:
         route names a replica the router may not send to (nothing changes then)."""
         self.table.set_route(stage, route)
         self._dispatch[stage].wake()  # new replicas: new slots
+        await self._grpc.prune({a for r in self.table.routes.values() for g in r.groups for rep in g.replicas
+                                if (a := rep.grpc_address) is not None})
         return await self.stage_status(stage)
 
     async def set_upstreams(self, addresses: Collection[str]) -> None:
@@ -165,6 +167,11 @@ class PipelineRouter:
         status = self.table.status(self.pipeline)
         return status.model_copy(update={"stages": [
             s.model_copy(update={"waiting": len(self._dispatch[s.name].queue)}) for s in status.stages]})
+
+    @property
+    def grpc_channels(self) -> list[str]:
+        """The replica addresses the router holds a gRPC channel to (those of the table, and any still busy)."""
+        return self._grpc.addresses
 
     @property
     def ready(self) -> bool:

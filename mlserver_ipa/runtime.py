@@ -77,7 +77,7 @@ from mlserver_ipa.settings import (
     describe_validation_error,
     machine_threads,
 )
-from mlserver_ipa.tensors import decode_inputs, encode_outputs, requested_outputs
+from mlserver_ipa.tensors import came_raw, decode_inputs, encode_outputs, requested_outputs
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class VariantRuntime(MLModel):
             model_version=self.version,
             id=payload.id,
             parameters=Parameters(**params),
-            outputs=encode_outputs(served.outputs, outputs),
+            outputs=encode_outputs(served.outputs, outputs, raw=came_raw(payload.inputs)),
         )
 
     def _arrival(self, headers: dict | None, now: float) -> float:

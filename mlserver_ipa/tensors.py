@@ -122,13 +122,21 @@ def requested_outputs(requested: Sequence[RequestOutput] | None, specs: Sequence
     return [r.name for r in requested]
 
 
-def encode_outputs(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> list[ResponseOutput]:
+def came_raw(inputs: Sequence[RequestInput]) -> bool:
+    """Whether a request's tensors came as raw contents (gRPC): its answer goes back so too."""
+    return any(isinstance(getattr(t.data, "root", t.data), bytes) for t in inputs)
+
+
+def encode_outputs(arrays: Mapping[str, np.ndarray], names: Sequence[str], raw: bool = False) -> list[ResponseOutput]:
+    """The response tensors: data as JSON lists, or with `raw` numeric tensors as their bytes (gRPC's raw
+    contents; never a Python list in between)."""
     return [
         ResponseOutput(
             name=name,
             datatype=V2_DATATYPES[arrays[name].dtype],
             shape=list(arrays[name].shape),
-            data=encode_text(arrays[name]) if arrays[name].dtype == object else arrays[name].ravel().tolist(),
+            data=encode_text(arrays[name]) if arrays[name].dtype == object
+            else np.ascontiguousarray(arrays[name]).tobytes() if raw else arrays[name].ravel().tolist(),
         )
         for name in names
     ]

@@ -98,6 +98,7 @@ async def test_the_hop_protocol_is_the_routes(replica: MLServer) -> None:
         put = await c.put("/router/stages/classifier", json=grpc_only(replica).model_dump(), headers=AUTH)
         assert put.status_code == 200, put.text
         assert (await c.post("/v2/models/pipe/infer", json=image_request())).status_code == 200
+        assert router.grpc_channels == [f"127.0.0.1:{replica.grpc_port}"]
         # The gRPC address is held to the allow-list like the REST one.
         allowed = await c.put("/router/upstreams", json={"addresses": [f"127.0.0.1:{replica.http_port}"]},
                               headers=AUTH)
@@ -106,6 +107,43 @@ async def test_the_hop_protocol_is_the_routes(replica: MLServer) -> None:
         route["groups"][0]["replicas"][0]["url"] = replica.http_url
         refused = await c.put("/router/stages/classifier", json=route, headers=AUTH)
         assert refused.status_code == 403 and f"127.0.0.1:{replica.grpc_port}" in refused.json()["error"]
+        # A route without the replica: its channel is closed (channels stay as many as the replicas).
+        await router.update_stage("classifier", StageRoute(model="resnet"))
+        assert router.grpc_channels == []
+
+
+@pytest.fixture(scope="module")
+def detector(start_mlserver: Callable[..., MLServer], tmp_path_factory: pytest.TempPathFactory) -> MLServer:
+    from mlserver_ipa.zoo import build_repository
+
+    repo = build_repository("yolo", tmp_path_factory.mktemp("yolo") / "yolo", variants=["yolov5n"], resolution=64,
+                            crop=SMALL_RESOLUTION, model_name="detector")
+    return start_mlserver(repo)
+
+
+async def test_a_two_stage_chain_answers_the_same_over_grpc_as_over_rest(detector: MLServer,
+                                                                         replica: MLServer) -> None:
+    x = np.random.default_rng(7).random((1, 3, 64, 64), dtype=np.float32)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 64, 64], "data": x.ravel().tolist()}],
+            "parameters": {"deadline_ms": 30000.0}}
+    answers = {}
+    for protocol in ("rest", "grpc"):
+        router = PipelineRouter("video", ["detector", "classifier"])
+        for stage, model, variant, server in (("detector", "detector", "yolov5n", detector),
+                                              ("classifier", "resnet", "resnet18", replica)):
+            await router.update_stage(stage, StageRoute(model=model, protocol=protocol, groups=[RouteGroup(
+                variant=variant, replicas=[ReplicaRoute(id=f"{stage}-0", url=server.http_url,
+                                                        grpc_port=server.grpc_port)])]))
+        async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
+            resp = await c.post("/v2/models/video/infer", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["parameters"]["variants"] == "detector=yolov5n,classifier=resnet18"
+        answers[protocol] = {o["name"]: o for o in resp.json()["outputs"]}
+    assert set(answers["grpc"]) == set(answers["rest"]) == {"output", "detector.detections"}
+    for name in answers["rest"]:
+        rest, over_grpc = answers["rest"][name], answers["grpc"][name]
+        assert rest["shape"] == over_grpc["shape"] and rest["datatype"] == over_grpc["datatype"]
+        np.testing.assert_allclose(over_grpc["data"], rest["data"], rtol=1e-5, atol=1e-6)
 
 
 async def test_raw_contents_go_through_both_hops_unchanged(replica: MLServer) -> None:
