@@ -77,6 +77,7 @@ class RouterServicer:
         try:
             body: dict[str, Any] = {"inputs": from_pb_inputs(request), "parameters": params_from_pb(request.parameters)}
         except ValueError as e:
+            self.router.m_requests.labels(self.router.pipeline, "400").inc()  # every arrival answered and counted
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if request.id:
             body["id"] = request.id
