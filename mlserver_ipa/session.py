@@ -24,7 +24,7 @@ from mlserver_ipa.measuring import fastest
 from mlserver_ipa.ort_options import session_options
 from mlserver_ipa.settings import SequenceLimits
 from mlserver_ipa.tasks import is_model_folder
-from mlserver_ipa.tensor_spec import ORT_TYPES, V2_DATATYPES, TensorSpec, spec_of
+from mlserver_ipa.tensor_spec import ORT_TYPES, V2_DATATYPES, Signature, TensorSpec, signature_of, spec_of
 
 __all__ = ["V2_DATATYPES", "Session", "SessionHolder", "TensorSpec", "VariantSession", "open_session", "session_options",
            "spec_of"]
@@ -60,9 +60,9 @@ class VariantSession:
         """What its service times are measured under."""
         return (self.variant, self.threads)
 
-    def signature(self) -> tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]:
-        """Inputs and outputs as requests see them: variants with equal signatures can serve each other's queue."""
-        return (tuple(s.signature() for s in self.inputs), tuple(s.signature() for s in self.outputs))
+    def signature(self) -> Signature:
+        """Inputs and outputs as requests see them (`tensor_spec.signature_of`)."""
+        return signature_of(self.inputs, self.outputs)
 
     def batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple:
         """Requests whose dynamic non-batch dimensions differ cannot share one call."""
@@ -106,7 +106,7 @@ class Session(Protocol):
     @property
     def config(self) -> tuple[str, int]: ...
 
-    def signature(self) -> tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]: ...
+    def signature(self) -> Signature: ...
 
     def batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple: ...
 

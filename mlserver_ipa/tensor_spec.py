@@ -6,6 +6,7 @@ object array of `str` (`BYTES`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,15 @@ class TensorSpec:
     def signature(self) -> tuple[str, str, tuple[int | None, ...]]:
         """What must match for requests queued for one variant to be served by another."""
         return (self.name, self.datatype, self.shape[1:])
+
+
+Signature = tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]
+
+
+def signature_of(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Signature:
+    """A session's inputs and outputs as requests see them: sessions with equal signatures can serve each other's
+    queue (every session kind answers this from its specs)."""
+    return (tuple(s.signature() for s in inputs), tuple(s.signature() for s in outputs))
 
 
 def spec_of(name: str, datatype: str, shape: tuple[int, ...]) -> TensorSpec:

@@ -32,7 +32,7 @@ from mlserver_ipa.measuring import fastest
 from mlserver_ipa.onnx_encoder import ENCODER_TASKS, ONNX_FILE, Backend, OnnxEncoder, backend_of
 from mlserver_ipa.settings import SequenceLimits
 from mlserver_ipa.tasks import SAMPLING_RATE, TENSORS, task_of
-from mlserver_ipa.tensor_spec import spec_of
+from mlserver_ipa.tensor_spec import Signature, signature_of, spec_of
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model folders are local; never reach for a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the replica's threads are the model's
@@ -87,8 +87,9 @@ class TransformersSession:
     def config(self) -> tuple[str, int]:
         return (self.variant, self.threads)
 
-    def signature(self) -> tuple[tuple[tuple[str, str, tuple[int | None, ...]], ...], ...]:
-        return (tuple(s.signature() for s in self.inputs), tuple(s.signature() for s in self.outputs))
+    def signature(self) -> Signature:
+        """Inputs and outputs as requests see them (`tensor_spec.signature_of`)."""
+        return signature_of(self.inputs, self.outputs)
 
     def batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple:
         """Every request can share a batch: rows are padded here (text to its longest, audio to its longest)."""
