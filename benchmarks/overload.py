@@ -121,8 +121,22 @@ async def monitor(metrics_url: str, pipeline: str, start_epoch: float, ends_s: l
                 await source.sample(time.time() - start_epoch)
         o = await source.observe(time.time() - start_epoch)
         print(json.dumps({"end_s": end, "window_s": o.window_s, "load_rps": o.load_rps, "requests": o.requests,
-                          "available": o.available}), flush=True)
+                          "p99_ms": o.p99_ms, "available": o.available}), flush=True)
     await source.aclose()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_at(start_epoch: float, ends_s: list[float], pids: dict[str, int]) -> list[dict[str, float]]:
+    """CPU seconds each process used by the start and each phase's end (who was short of CPU)."""
+    out = []
+    for t in [0.0, *ends_s]:
+        await asyncio.sleep(max(0.0, start_epoch + t - time.time()))
+        out.append({name: cpu_seconds(pid) for name, pid in pids.items()})
+    return out
 
 
 async def read_by_adapter(router_url: str, start_epoch: float, ends_s: list[float]) -> list[dict[str, float]]:
@@ -145,6 +159,7 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--absolute", action="store_true",
                         help="requests carry their deadline as `ipa-deadline` from their scheduled send")
+    parser.add_argument("--nominal-rps", type=float, help="the nominal load (default: 60 %% of the capacity measured)")
     parser.add_argument("--monitor", metavar="METRICS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--monitor-start", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--monitor-ends", help=argparse.SUPPRESS)
@@ -167,7 +182,7 @@ async def main() -> None:
                 variant=args.variant, replicas=[ReplicaRoute(id="c-0", url=replica.url, batch_size=args.batch)])]))
             payload = V2Payload.random(args.resolution)
             cap = await capacity(router.url, "bench", payload, args.slo_ms)
-            nominal = 0.6 * cap
+            nominal = args.nominal_rps or 0.6 * cap
             rates = [nominal] * int(args.calm_s) + [3 * nominal] * int(args.burst_s) + [nominal] * int(args.calm_s)
             rng = np.random.default_rng(args.seed)
             times = np.sort(np.concatenate([s + rng.random(rng.poisson(r)) for s, r in enumerate(rates)]))
@@ -176,10 +191,13 @@ async def main() -> None:
             ends = [args.calm_s, args.calm_s + args.burst_s, float(len(rates))]
             start_epoch = time.time() + 3.0  # the monitor process is up and has its first scrape by then
             reading = asyncio.create_task(read_by_adapter(router.url, start_epoch, ends))
+            cpu_task = asyncio.create_task(cpu_at(start_epoch, ends, {"router": router.proc.pid,
+                                                                      "generator": os.getpid()}))
             await asyncio.sleep(max(0.0, start_epoch - 0.05 - time.time()))  # run_load leads by 0.05 s
             records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
                                      absolute_deadlines=args.absolute)
             read = await reading
+            cpu = await cpu_task
             await asyncio.sleep(2)
             rss_after = rss_mb(router.proc.pid)
     finally:
@@ -198,8 +216,13 @@ async def main() -> None:
     bounds = [0.0, *ends]
     for name, lo, hi, seen in zip(("before", "burst", "after"), bounds, bounds[1:], read, strict=False):
         sent = sum(1 for r in records if lo <= r.sent_s < hi) / (hi - lo)
+        lag = np.percentile([r.sent_s - r.scheduled_s for r in records if lo <= r.scheduled_s < hi] or [0.0], 99)
+        i = ("before", "burst", "after").index(name)
+        used = {k: (cpu[i + 1][k] - cpu[i][k]) / (hi - lo) for k in cpu[i]}
         print(f"arrivals read, {name:6} {seen['load_rps']:.1f} rps by the adapter vs {sent:.1f} rps sent "
-              f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''})")
+              f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''}); "
+              f"cores used: router {used['router']:.2f}, load generator {used['generator']:.2f}; p99 at the router "
+              f"(from its arrival stamp) {seen['p99_ms'] or float('nan'):.0f} ms; generator's lag p99 {lag * 1000:.0f} ms")
     print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min)")
 
 
