@@ -160,6 +160,10 @@ async def main() -> None:
     parser.add_argument("--absolute", action="store_true",
                         help="requests carry their deadline as `ipa-deadline` from their scheduled send")
     parser.add_argument("--nominal-rps", type=float, help="the nominal load (default: 60 %% of the capacity measured)")
+    parser.add_argument("--generator-nice", type=int, default=None,
+                        help="run the load generator at this niceness (e.g. the router's -5): on a loaded machine a "
+                             "generator at its share of the CPU sends late, and what it scheduled never reaches the "
+                             "wire on time")
     parser.add_argument("--monitor", metavar="METRICS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--monitor-start", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--monitor-ends", help=argparse.SUPPRESS)
@@ -194,6 +198,8 @@ async def main() -> None:
             cpu_task = asyncio.create_task(cpu_at(start_epoch, ends, {"router": router.proc.pid,
                                                                       "generator": os.getpid()}))
             await asyncio.sleep(max(0.0, start_epoch - 0.05 - time.time()))  # run_load leads by 0.05 s
+            if args.generator_nice is not None:  # this process only: the replica, router and monitor keep theirs
+                os.setpriority(os.PRIO_PROCESS, 0, args.generator_nice)
             records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
                                      absolute_deadlines=args.absolute)
             read = await reading
@@ -223,7 +229,8 @@ async def main() -> None:
               f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''}); "
               f"cores used: router {used['router']:.2f}, load generator {used['generator']:.2f}; p99 at the router "
               f"(from its arrival stamp) {seen['p99_ms'] or float('nan'):.0f} ms; generator's lag p99 {lag * 1000:.0f} ms")
-    print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min)")
+    print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min); load generator "
+          f"at nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 
 
 if __name__ == "__main__":

@@ -79,10 +79,10 @@ class Pipeline:
     cluster: LocalCluster
     url: str
 
-    async def send(self, n: int) -> None:
+    async def send(self, n: int, **parameters: float | int) -> None:
         async with httpx.AsyncClient(timeout=60) as c:
             for _ in range(n):
-                resp = await c.post(f"{self.url}/v2/models/{SPEC.name}/infer", content=PAYLOAD.body({}),
+                resp = await c.post(f"{self.url}/v2/models/{SPEC.name}/infer", content=PAYLOAD.body(parameters),
                                     headers={"content-type": "application/json"})
                 assert resp.status_code == 200, resp.text
 
@@ -120,7 +120,7 @@ async def test_direct_source_reads_load_latency_and_cpu(pipeline: Pipeline) -> N
         assert stage is not None and stage.arrival_rps == pytest.approx(20 / obs.window_s)
         assert stage.p99_ms is not None and stage.p99_ms <= obs.p99_ms + 1e-6
         assert stage.cpu_cores is not None and stage.cpu_cores > 0  # its second scrape: CPU per second of window
-        assert obs.notes == ()
+        assert obs.notes == () and obs.arrival_budget_ms is None  # no request had a deadline
 
         idle = await source.observe(clock())
         assert idle.available and idle.requests == 0 and idle.p99_ms is None
@@ -154,7 +154,7 @@ async def test_prometheus_source_reads_what_a_real_prometheus_scraped(
         # flat before and after the burst: increase() extrapolates the samples to the window's edges, which
         # only stays close to the truth when the samples cover most of the window
         await asyncio.sleep(3)
-        await pipeline.send(30)
+        await pipeline.send(30, deadline_ms=20000)
         await asyncio.to_thread(server.wait_for, f"sum(ipa_router_requests_total{{{sel}}})", at_least=base + 30)
         await asyncio.sleep(3)
         source = PrometheusSource(SPEC.name, ["classifier"], PrometheusSettings(server.url, min_window_s=2),
@@ -165,6 +165,7 @@ async def test_prometheus_source_reads_what_a_real_prometheus_scraped(
         assert obs.load_rps == pytest.approx(obs.requests / obs.window_s, rel=0.05)
         assert obs.p99_ms is not None and obs.p99_ms > 0
         assert obs.rates and max(obs.rates) > 0
+        assert obs.arrival_budget_ms == 20000  # what the requests arrived with: the loop's cl_max is SLO - that
         stage = obs.stage("classifier")
         assert stage is not None and stage.arrival_rps > 0 and stage.p99_ms is not None
         assert stage.cpu_cores is not None and stage.cpu_cores > 0
