@@ -13,7 +13,8 @@ families, exported first into a linked copy when the build has no export; PyTorc
   get another share of a loaded machine than the server does): `b` one-row requests per call, as the runtime
   hands a batch of `b` requests over;
 - runtime: a real `mlserver start` serving the family, `b` closed-loop V2 clients (REST/JSON, one row per
-  request), batch size `b` set through the control endpoint (the runtime forms the batches);
+  request), batch size `b` and a batch window of a tenth of the batch's direct call time (at least 50 ms) set
+  through the control endpoint (the runtime forms the batches);
 - interleaved: each round measures direct then runtime (alternating which goes first) for `--block-s`
   seconds each, at batch 1 and at the family's best batch (the `--batches` size with the most rows per second
   direct, measured first), so machine load affects both alike. It prints rows per second of both (median over
@@ -136,9 +137,9 @@ def _backend() -> str:
 
 
 async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list[bytes], clients: int,
-                        seconds: float, service_ms: list[float] | None = None) -> tuple[float, int]:
+                        seconds: float, service_ms: list[tuple[float, int]] | None = None) -> tuple[float, int]:
     """(rows per second, failed) of `clients` closed-loop clients for about `seconds`; the batches' service
-    times the runtime reports go to `service_ms` (once per batch)."""
+    times and rows the runtime reports go to `service_ms` (once per batch)."""
     ok = failed = 0
     batches: set[int] = set()
     t0 = time.perf_counter()
@@ -154,7 +155,7 @@ async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list
                 params = r.json()["parameters"]
                 if service_ms is not None and params["batch_id"] not in batches:
                     batches.add(params["batch_id"])
-                    service_ms.append(params["service_ms"])
+                    service_ms.append((params["service_ms"], params["batch_size"]))
             else:
                 failed += 1
                 if failed > 100:
@@ -166,21 +167,25 @@ async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list
 
 async def interleaved(server: Server, model: str, direct: Direct, bodies: list[bytes], batches: list[int],
                       rounds: int, seconds: float) -> tuple[int, dict[int, list[tuple[float, float]]], int,
-                                                            dict[int, tuple[float, float]]]:
+                                                            dict[int, tuple[float, float, float]]]:
     """(best batch, {batch: [(direct, runtime) rows per second per round]}, failed requests, {batch: (median ms
-    of a direct call, median service ms of a runtime batch)}: where the runtime's time goes)."""
+    of a direct call, median service ms of a runtime batch, mean rows per runtime batch)}: where the time goes)."""
     auth = {"authorization": f"Bearer {server.token}"}
     control = f"{server.url}/v2/models/{model}/control"
     for b in batches:  # warm-up: every input length once at every batch size
         direct.block(b, 0.0)
-    best = max(batches, key=lambda b: direct.block(b, seconds / 2))
+    probed = {b: direct.block(b, seconds / 2) for b in batches}
+    best = max(batches, key=lambda b: probed[b])
     points = sorted({1, best})
     out: dict[int, list[tuple[float, float]]] = {b: [] for b in points}
-    calls: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in points}
+    calls: dict[int, tuple[list[float], list[tuple[float, int]]]] = {b: ([], []) for b in points}
     failed = 0
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as c:
         async def configure(b: int) -> None:
-            r = await c.post(control, json={"batch_size": b, "max_batch_time_ms": 50 if b > 1 else 0}, headers=auth)
+            # the window lets a batch fill while its requests are still being decoded (8 speech requests in
+            # JSON take ~100 ms of the event loop): a tenth of the batch's call time, at least 50 ms
+            window = max(50.0, 100.0 * b / probed[b]) if b > 1 else 0.0
+            r = await c.post(control, json={"batch_size": b, "max_batch_time_ms": round(window, 1)}, headers=auth)
             r.raise_for_status()
             await runtime_block(c, server.url, model, bodies, b, 0.0)  # warm-up at this batch size
 
@@ -195,7 +200,8 @@ async def interleaved(server: Server, model: str, direct: Direct, bodies: list[b
                     rt, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][1])
                 failed += f
                 out[b].append((d, rt))
-    return best, out, failed, {b: (statistics.median(d), statistics.median(s)) for b, (d, s) in calls.items()}
+    return best, out, failed, {b: (statistics.median(d), statistics.median(ms for ms, _ in s),
+                                   statistics.mean(rows for _, rows in s)) for b, (d, s) in calls.items()}
 
 
 async def switching(server: Server, model: str, bodies: list[bytes], batch: int, variants: list[str],
@@ -268,7 +274,7 @@ def main() -> None:
     print(f"runtime vs direct: {args.threads} thread(s), {args.rounds} interleaved rounds of {args.block_s:g} s per "
           f"point, best batch of {batches}; rows per second (median over rounds); load average {load_avg()}")
     print(f"{'family':<16} {'variant':<24} {'backend':<11} {'batch':>5} {'direct':>8} {'runtime':>8} "
-          f"{'ratio':>5} {'min-max':>10} {'failed':>6} {'call ms':>8} {'serve ms':>8}  load avg")
+          f"{'ratio':>5} {'min-max':>10} {'failed':>6} {'call ms':>8} {'serve ms':>8} {'rows':>5}  load avg")
     for family in args.families.split(","):
         fam = TRANSFORMERS_FAMILIES[family]
         first = fam.variant_names[0]
@@ -294,9 +300,9 @@ def main() -> None:
             print(f"{family:<16} {first:<24} {direct.backend:<11} {b:>4}{'*' if b == best else ' '} "
                   f"{statistics.median(d for d, _ in runs):>8.2f} {statistics.median(rt for _, rt in runs):>8.2f} "
                   f"{statistics.median(ratios):>5.2f} {min(ratios):>4.2f}-{max(ratios):<5.2f} {failed:>6} "
-                  f"{call_ms[b][0]:>8.1f} {call_ms[b][1]:>8.1f}  {load_avg()}", flush=True)
+                  f"{call_ms[b][0]:>8.1f} {call_ms[b][1]:>8.1f} {call_ms[b][2]:>5.1f}  {load_avg()}", flush=True)
     print("* the family's best batch (most rows per second direct); call ms: one direct call (median); serve ms: "
-          "the runtime's service time of one batch as it reports it (median)")
+          "the runtime's service time of one batch as it reports it (median); rows: rows per runtime batch (mean)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
