@@ -311,13 +311,16 @@ class PipelineRouter:
         t0 = self.clock()
         code = "error"
         try:
-            if address is not None:
-                status, payload = await self._grpc.call(address, route.model, request, headers, timeout)
-            else:
-                status, payload = await self._rest(f"{pick.replica.url}/v2/models/{route.model}/infer", request,
-                                                   headers, timeout)
+            # One bound on the whole call: httpx applies a float timeout to each phase (connect, write, read,
+            # pool) on its own, so a slow replica could hold a request for several times what was left.
+            async with asyncio.timeout(timeout):
+                if address is not None:
+                    status, payload = await self._grpc.call(address, route.model, request, headers, timeout)
+                else:
+                    status, payload = await self._rest(f"{pick.replica.url}/v2/models/{route.model}/infer",
+                                                       request, headers, timeout)
             code = str(status)
-        except httpx.TimeoutException as e:
+        except (httpx.TimeoutException, TimeoutError) as e:
             code = "504"
             raise PipelineError(504, f"deadline exceeded in stage {stage!r} (replica {pick.replica.id})") from e
         except httpx.TransportError as e:

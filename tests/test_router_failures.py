@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -96,12 +98,26 @@ async def test_a_hung_replica_becomes_a_504_within_the_deadline(free: MLServer) 
         assert again.status_code == 200, again.text  # the replica serves again once it runs
 
 
-async def test_a_deadline_gone_between_stages_is_a_504_before_the_next(late: MLServer, free: MLServer) -> None:
-    router = PipelineRouter("two", ["first", "second"])
+async def test_a_deadline_gone_between_stages_is_a_504_before_the_next(late: MLServer, free: MLServer,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The router's clock jumps 10 s once the first stage has answered: the deadline passes while it works, on any
+    # machine (a real 0.5 ms deadline was sometimes gone before the first stage already, on a loaded one).
+    skew = 0.0
+    router = PipelineRouter("two", ["first", "second"], clock=lambda: time.monotonic() + skew)
+    post = router._post
+
+    async def first_then_late(stage: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal skew
+        answer = await post(stage, *args, **kwargs)
+        if stage == "first":
+            skew = 10.0
+        return answer
+
+    monkeypatch.setattr(router, "_post", first_then_late)
     await router.update_stage("first", StageRoute(model="resnet", groups=[group("resnet18", 1.0, ("f-0", late.http_url))]))
     await router.update_stage("second", StageRoute(model="resnet", groups=[group("resnet18", 1.0, ("s-0", free.http_url))]))
     async with serve(router, port=0) as url, httpx.AsyncClient(base_url=url, timeout=60) as c:
-        resp = await c.post("/v2/models/two/infer", json=image_request(deadline_ms=0.5))
+        resp = await c.post("/v2/models/two/infer", json=image_request(deadline_ms=5000))
     assert resp.status_code == 504 and "before stage 'second'" in resp.json()["error"], resp.text
     second = router.registry.get_sample_value("ipa_router_stage_requests_total", {
         "pipeline": "two", "stage": "second", "variant": "resnet18", "code": "200"})
