@@ -47,14 +47,18 @@ def config(costs: dict[str, SwitchCost], **settings: object) -> PolicyConfig:
     return PolicyConfig(spec, catalog, PolicySettings(**settings))  # type: ignore[arg-type]
 
 
-def run(cfg: PolicyConfig, loads: list[float]) -> list[Decision]:
-    """The guarded policy interval after interval, each decision in force for the next (as the loop does)."""
+def run(cfg: PolicyConfig, loads: list[float], seen: list[float] | None = None) -> list[Decision]:
+    """The guarded policy interval after interval, each decision in force for the next (as the loop does);
+    `seen`: per interval, the load observed during it (each of its seconds), the last 60 s passed on."""
     current: Decision | None = None
     state = PolicyState()
     out = []
+    second = round(cfg.spec.interval_s)
     for t, load in enumerate(loads):
-        current, state = decide(PolicyContext(now=t * cfg.spec.interval_s, predicted_load_rps=load, current=current),
-                                cfg, state)
+        observed = tuple(x for x in (seen or [])[:t] for _ in range(second))[-60:]
+        context = PolicyContext(now=t * cfg.spec.interval_s, predicted_load_rps=load, current=current,
+                                observed_load_rps=observed)
+        current, state = decide(context, cfg, state)
         out.append(current)
     return out
 
@@ -88,6 +92,16 @@ def test_a_lasting_change_still_switches_after_the_hold() -> None:
     # 12 s on 0.5 cores = 24 s, payback 2, 5 s intervals: wanted for ceil(48 / 5) = 10 intervals, then made
     assert names.index("s2t-medium") == 3 + hold_intervals(24.0, 5.0, 2.0) - 1
     assert switches(decisions) == 1
+
+
+def test_a_switch_waits_until_the_load_it_could_not_carry_is_out_of_the_window() -> None:
+    # the prediction says 0.3 rps from interval 3 on, but 0.8 rps was seen until interval 8: medium (which does not
+    # carry 0.8) is switched to only once that is more than payback·T = 48 s back and the hold has run again
+    loads = [0.8] * 3 + [0.3] * 24
+    seen = [0.8] * 8 + [0.3] * 19
+    names = speech(run(config(SLOW), loads, seen))
+    assert names.index("s2t-medium") > 3 + hold_intervals(24.0, 5.0, 2.0) - 1
+    assert names[-1] == "s2t-medium"
 
 
 def test_payback_zero_switches_at_once() -> None:

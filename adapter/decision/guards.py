@@ -12,8 +12,10 @@ In order:
 
 5. variant-switch hold-down: a switch of a stage's variant that takes T seconds in place (profiles/switch.csv,
    `adapter.decision.switching`) is made once the same new variants have been wanted for
-   ⌈`switch_payback`·T / interval⌉ intervals in a row; until then the decision in force is kept, if it still meets
-   every constraint at the new load (otherwise the switch is made at once). The count lives in `PolicyState`.
+   ⌈`switch_payback`·T / interval⌉ intervals in a row, and it would have carried the highest per-second load seen
+   over the last `switch_payback`·T seconds (`observed_load_rps`, as far back as it goes); until then the decision
+   in force is kept, if it still meets every constraint at the new load (otherwise the switch is made at once).
+   The count lives in `PolicyState`.
 6. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
    constraint and scores as well as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
    alternated between two half-core replicas and one one-core replica, interval after interval).
@@ -211,20 +213,31 @@ def hold_switch(
     need = hold_intervals(slowest, config.spec.interval_s, config.settings.switch_payback)
     streak = state.switch_streak + 1 if state.switch_target == target else 1
     counted = replace(state, switch_streak=streak, switch_target=target)
-    if streak >= need:
-        if need == 1:
-            return decision, counted
-        note = f"switch hold: {', '.join(moves)} wanted {streak} intervals (switch {slowest:g} s); switching"
-        return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
+    if need == 1:
+        return decision, counted
     base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
     kept = rejudge(base, config, list(current.stages), [])
     if kept.status != "optimal":
         note = f"switch hold: the decision in force no longer meets the load; switching {', '.join(moves)} at once"
         return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
-    note = (
-        f"switch hold: {', '.join(moves)} takes {slowest:g} s in place; made after {need - streak} more "
-        f"interval{'s' if need - streak != 1 else ''} of wanting it (payback {config.settings.switch_payback:g})"
-    )
+    # the gain must have held: the new decision would have carried the load seen over payback·T (what there is)
+    seen = context.observed_load_rps[-max(1, math.ceil(config.settings.switch_payback * slowest)):]
+    peak = max(seen, default=0.0)
+    if streak >= need and peak > decision.load_rps and rejudge(
+        decision.model_copy(update={"load_rps": peak}), config, list(decision.stages), []
+    ).status != "optimal":
+        note = (f"switch hold: {', '.join(moves)} would not have carried the {peak:g} rps seen in the last "
+                f"{len(seen)} s; held")
+        streak = 0
+        counted = replace(counted, switch_streak=0)
+    elif streak >= need:
+        note = f"switch hold: {', '.join(moves)} wanted {streak} intervals (switch {slowest:g} s); switching"
+        return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
+    else:
+        note = (
+            f"switch hold: {', '.join(moves)} takes {slowest:g} s in place; made after {need - streak} more "
+            f"interval{'s' if need - streak != 1 else ''} of wanting it (payback {config.settings.switch_payback:g})"
+        )
     held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
     return held, counted
 
