@@ -38,6 +38,9 @@ PIPELINES = ("video-monitoring", "audio-qa", "audio-sent", "sum-qa", "nlp")
 WINDOWS = ("bursty", "steady-low", "steady-high", "fluctuating")
 POLICIES = ("joint", "ipa", "fa2-low", "fa2-high", "rim")
 REFERENCE = "video-monitoring"
+EXTRA_POLICIES = {("video-monitoring", "bursty"): ("vpa", "model-switching", "static")}
+"""IPA's claim (video, bursty window) is also compared with the Kubernetes recommender's rule, Model-Switching
+and the static deployment, as docs/results/README.md discusses."""
 
 
 def capacity_rps(spec: GraphSpec, hi: float = 1000.0) -> float:
@@ -77,7 +80,8 @@ def run(name: str, window: str, out: Path, trace_file: Path, scale: float) -> No
              f"{how}. Profiles measured on this 2-core machine; adapter every interval_s with the LSTM predictor "
              "(120 s of the trace before the window as its history); Poisson arrivals, seed 0.")
     argv = ["experiment", f"inference_graphs/{name}.yaml", "--trace", window, "--trace-file", os.path.relpath(trace_file, ROOT),
-            "--scale", f"{scale:g}", "--policies", ",".join(POLICIES), "--predictor", "lstm",
+            "--scale", f"{scale:g}", "--policies", ",".join(POLICIES + EXTRA_POLICIES.get((name, window), ())),
+            "--predictor", "lstm",
             "--out", str(out / name / window), "--quiet", "--title", f"{name} on IPA's {window} window",
             "--notes", notes]
     code = ipa(argv)
