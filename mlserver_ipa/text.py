@@ -8,12 +8,12 @@ an element that is not text, not UTF-8, or empty is an `InvalidInput` naming the
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 from mlserver_ipa.errors import InvalidInput
+from mlserver_ipa.wire_tensors import split_bytes
 
 
 def decode_text(name: str, data: object, shape: Sequence[int]) -> np.ndarray:
@@ -74,15 +74,7 @@ def _flatten(data: Sequence[object]) -> list[object]:
 
 
 def _split_raw(name: str, raw: bytes) -> list[object]:
-    items: list[object] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input {name!r}: raw BYTES contents end inside a length prefix")
-        (n,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + n > len(raw):
-            raise InvalidInput(f"input {name!r}: raw BYTES element of {n} bytes runs past the end")
-        items.append(raw[offset:offset + n])
-        offset += n
-    return items
+    try:
+        return list(split_bytes(name, raw))
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None

@@ -73,16 +73,18 @@ def raw(tensor: dict[str, Any]) -> bytes:
         raise ValueError(f"tensor {name!r}: data is not {kind}: {e}") from None
 
 
-def _split_bytes(name: object, contents: bytes) -> list[str]:
+def split_bytes(name: object, contents: bytes) -> list[bytes]:
+    """The elements of a `BYTES` tensor's raw contents (each a 4-byte little-endian length and its bytes);
+    `ValueError` naming the tensor when they do not add up."""
     items, offset = [], 0
     while offset < len(contents):
         if offset + 4 > len(contents):
-            raise ValueError(f"tensor {name!r}: raw BYTES contents end inside a length prefix")
+            raise ValueError(f"input {name!r}: raw BYTES contents end inside a length prefix")
         (n,) = struct.unpack_from("<I", contents, offset)
         offset += 4
         if offset + n > len(contents):
-            raise ValueError(f"tensor {name!r}: raw BYTES element of {n} bytes runs past the end")
-        items.append(contents[offset:offset + n].decode("utf-8", "replace"))
+            raise ValueError(f"input {name!r}: raw BYTES element of {n} bytes runs past the end")
+        items.append(contents[offset:offset + n])
         offset += n
     return items
 
@@ -94,7 +96,7 @@ def listed(tensor: dict[str, Any]) -> dict[str, Any]:
         return tensor
     kind, name = tensor.get("datatype"), tensor.get("name")
     if kind == "BYTES":
-        return {**tensor, "data": _split_bytes(name, bytes(data))}
+        return {**tensor, "data": [b.decode("utf-8", "replace") for b in split_bytes(name, bytes(data))]}
     dtype = DTYPES.get(str(kind))
     if dtype is None:
         raise ValueError(f"tensor {name!r}: unknown datatype {kind!r}")
