@@ -10,12 +10,12 @@ the model registry and the data plane stay MLServer's, so both transports serve 
 Per call:
 
 - `ModelInfer`: the arrival is stamped first; the absolute deadline is the `ipa-deadline` metadata (epoch ms,
-  as the REST header, `mlserver_ipa.deadlines`), else the request's `deadline_at_ms` parameter, else the gRPC
-  deadline of the call. A deadline that is gone, or that the runtime's queue and service-time estimate say
-  cannot be met (`admission.ADMISSION`, the check the REST layer asks), is answered DEADLINE_EXCEEDED before
-  any tensor is decoded. Then `raw_input_contents` go to the runtime as bytes (its decoder makes them numpy
-  with `np.frombuffer`, no lists; `BYTES` tensors are split by `text`), through MLServer's data plane
-  (`DataPlane.infer`), and outputs are answered as raw contents;
+  as the REST header, `mlserver_ipa.deadlines`), else the request's `deadline_at_ms` parameter, else its
+  `deadline_ms` counted from the arrival, else the gRPC deadline of the call. A deadline that is gone, or that
+  the runtime's queue and service-time estimate say cannot be met (`admission.ADMISSION`, the check the REST
+  layer asks), is answered DEADLINE_EXCEEDED before any tensor is decoded. Then `raw_input_contents` go to the
+  runtime as bytes (its decoder makes them numpy with `np.frombuffer`, no lists; `BYTES` tensors are split by
+  `text`), through MLServer's data plane (`DataPlane.infer`), and outputs are answered as raw contents;
 - `RepositoryModelLoad` / `RepositoryModelUnload` need the pipeline's token in the `authorization` metadata
   (`Bearer <token>`, `mlserver_ipa.auth`): UNAUTHENTICATED without it or with another, PERMISSION_DENIED on a
   server without a token. Health, metadata, index and inference stay open;
@@ -29,6 +29,7 @@ Per call:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -41,6 +42,7 @@ from mlserver_ipa.deadlines import (
     ARRIVAL_HEADER,
     DEADLINE_HEADER,
     DEADLINE_PARAM,
+    RELATIVE_PARAM,
     BadDeadline,
     Clocks,
     format_epoch_ms,
@@ -64,13 +66,17 @@ STOP_GRACE_S = 5.0
 
 def call_deadline(context: grpc.aio.ServicerContext, params: dict[str, Any], now_ms: float) -> float | None:
     """The call's absolute deadline, epoch ms: `ipa-deadline` metadata, else the `deadline_at_ms` parameter,
-    else the gRPC deadline; None without any. `BadDeadline` when one given is not a number."""
+    else `deadline_ms` counted from now, else the gRPC deadline (what the request says wins over the
+    transport's timeout); None without any. `BadDeadline` when an absolute one is not a number (a malformed
+    `deadline_ms` is left to the runtime, which refuses it 400)."""
     at = parse_epoch_ms(metadata_value(context, DEADLINE_HEADER), f"metadata {DEADLINE_HEADER}")
     if at is None:
         at = parse_epoch_ms(params.get(DEADLINE_PARAM), f"parameters.{DEADLINE_PARAM}")
     if at is None:
-        remaining = context.time_remaining()
-        if remaining is not None:
+        relative = params.get(RELATIVE_PARAM)
+        if isinstance(relative, int | float) and not isinstance(relative, bool) and math.isfinite(relative):
+            at = now_ms + relative
+        elif relative is None and (remaining := context.time_remaining()) is not None:
             at = now_ms + remaining * 1000.0
     return at
 

@@ -8,7 +8,8 @@ Served: ServerLive, ServerReady (every stage has a ready replica), ModelReady, S
 (the pipeline; its stages as a parameter-free platform string) and ModelInfer. The request's tensors stay raw
 contents (`wire_tensors`) into the pipeline (`PipelineRouter.infer`, the same path as REST), and the answer's
 go out raw. The absolute deadline is the `ipa-deadline` metadata (epoch ms), else `deadline_at_ms` /
-`deadline_ms` parameters, else the gRPC deadline of the call; the arrival is stamped and counted before anything
+`deadline_ms` parameters, else the gRPC deadline of the call (what the request says wins over the transport's
+timeout); the arrival is stamped and counted before anything
 is read. A `PipelineError`'s HTTP status is answered as its gRPC code with the reason (`v2_proto.grpc_code`:
 504 DEADLINE_EXCEEDED, 503 UNAVAILABLE, 400 INVALID_ARGUMENT, ...). There is no repository API: the router's
 table is written over REST with the pipeline's token. Messages are bounded by `RequestLimits.max_body_bytes`
@@ -21,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from mlserver_ipa.deadlines import DEADLINE_HEADER, format_epoch_ms
+from mlserver_ipa.deadlines import DEADLINE_HEADER, DEADLINE_PARAM, RELATIVE_PARAM, format_epoch_ms
 from mlserver_ipa.limits import RequestLimits
 from mlserver_ipa.pipeline_router import PipelineError, PipelineRouter
 from mlserver_ipa.v2_proto import (
@@ -69,13 +70,14 @@ class RouterServicer:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._known(request.model_name, context)
         now_ms = self.router.clocks.now_ms()
+        params = params_from_pb(request.parameters)
         header = metadata_value(context, DEADLINE_HEADER)
         remaining = context.time_remaining()
-        if header is None and remaining is not None:
-            header = format_epoch_ms(now_ms + remaining * 1000.0)
+        if header is None and remaining is not None and not {DEADLINE_PARAM, RELATIVE_PARAM} & params.keys():
+            header = format_epoch_ms(now_ms + remaining * 1000.0)  # the transport's timeout, when nothing else
         arrival = self.router.arrived(header)
         try:
-            body: dict[str, Any] = {"inputs": from_pb_inputs(request), "parameters": params_from_pb(request.parameters)}
+            body: dict[str, Any] = {"inputs": from_pb_inputs(request), "parameters": params}
         except ValueError as e:
             self.router.m_requests.labels(self.router.pipeline, "400").inc()  # every arrival answered and counted
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

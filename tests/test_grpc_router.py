@@ -50,7 +50,7 @@ async def router_process(tmp_path: Path, replica: MLServer) -> AsyncIterator[Rou
 
 async def test_tritonclient_grpc_against_the_router_process(router_process: RouterProcess) -> None:
     spec = {"address": router_process.grpc_address, "model": "pipe", "parameters": {"deadline_ms": 30000.0},
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": SHAPE, "seed": 3}]}
+            "timeout_s": 120, "inputs": [{"name": "input", "datatype": "FP32", "shape": SHAPE, "seed": 3}]}
     got = triton(spec)
     assert got["live"] and got["ready"] and "error" not in got, got
     assert got["outputs"]["output"]["shape"] == [2, 1000]
