@@ -75,6 +75,19 @@ async def test_profile_tiny_grid_then_resume(tmp_path: Path, capsys: pytest.Capt
     assert (tmp_path / "prof.csv").read_text() == before
 
 
+async def test_both_hops_measure_a_point_and_read_the_runtime_queue(tmp_path: Path) -> None:
+    """The default hop is the router's (gRPC, raw tensors); REST/JSON is the other. Either way the runtime's
+    queue wait and batch id come back, so latencies are service times and batches are counted."""
+    spec = load_spec(write_spec(tmp_path))
+    for protocol in ("grpc", "rest"):
+        out = tmp_path / f"{protocol}.csv"
+        settings = ProfilerSettings(duration_s=1.0, warmup_s=0.3, min_batches=2, max_extend=3.0, protocol=protocol)
+        await profile_graph(spec, variants=[VARIANT], batches=[2], cores=[1.0], settings=settings, out=out,
+                            models_dir=MODELS, progress=False)
+        (point,) = Profile.load(out).points
+        assert point.batch == 2 and point.samples > 0 and point.throughput_rps > 0 and point.p50_ms > 0
+
+
 async def test_interrupted_profile_leaves_no_server_and_no_cgroup(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path))
     slow = ProfilerSettings(duration_s=60.0, warmup_s=0.5)

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--duration", type=float, default=5.0, help="measuring window per point, s (default 5)")
     m.add_argument("--warmup", type=float, default=1.0, help="warm-up per point, s (default 1)")
     m.add_argument("--force", action="store_true", help="measure points already in the profile again")
+    m.add_argument("--protocol", choices=("grpc", "rest"), default="grpc",
+                   help="how requests reach the replica: V2 gRPC with raw tensors, as the router sends them "
+                        "(default), or REST/JSON")
     m.add_argument("--models", type=Path, default=Path("build/models"),
                    help="where demo families are built if missing (default build/models)")
     m.add_argument("--out", type=Path, help="profile CSV to write (default: the stage's `profile`)")
@@ -129,7 +132,7 @@ def _measure(args: argparse.Namespace) -> int:
     spec = load_spec(args.target)
     if args.duration <= 0 or args.warmup < 0:
         raise UsageError("--duration must be > 0 and --warmup >= 0")
-    settings = ProfilerSettings(duration_s=args.duration, warmup_s=args.warmup)
+    settings = ProfilerSettings(duration_s=args.duration, warmup_s=args.warmup, protocol=args.protocol)
     progress = not args.no_progress and (sys.stderr.isatty() or os.environ.get("IPA_PROGRESS") == "1")
     written = asyncio.run(
         _cancel_on_sigterm(profile_graph(

@@ -7,8 +7,10 @@ requests completed in it give the throughput; requests that started and ended in
 `adapter.profiling.profiler` for why). The window is extended until it holds `min_batches` batches (slow points), up to
 `max_extend ×` its length. Time is read from an injected `clock`.
 
-One pre-encoded body is sent again and again, and only `queue_ms`/`batch_id` are read from the answers: the load
-generator shares the machine with the replica it measures, so it must cost little.
+One pre-encoded request is sent again and again, and only `queue_ms`/`batch_id` are read from the answers: the
+load generator shares the machine with the replica it measures, so it must cost little. It goes the way the
+pipeline's router sends it (`grpc_sender`: V2 gRPC with raw tensor contents, the router's default hop) or as V2
+REST/JSON (`rest_sender`), so that the service time measured includes the decoding the live hop costs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ import numpy as np
 import orjson
 
 from adapter.errors import UsageError
+from mlserver_ipa.grpc_hop import GrpcHop
+from mlserver_ipa.wire_tensors import raw
 
 _DTYPES = {1: ("FP32", np.float32), 11: ("FP64", np.float64), 7: ("INT64", np.int64), 6: ("INT32", np.int32)}
 
@@ -78,10 +82,60 @@ class LoadResult:
         return self.completed / self.window_s if self.window_s > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the closed loop reads from one answer."""
+
+    status: int
+    queue_ms: float | None = None
+    batch_id: int | None = None
+    error: str = ""
+
+
+Sender = Callable[[], Awaitable[Answer]]
+"""Sends the point's request once and reads its answer; raises `SendError` when no answer came."""
+
+
+class SendError(Exception):
+    """No answer (connection refused or reset, a timeout)."""
+
+
+def rest_sender(client: httpx.AsyncClient, url: str, body: bytes) -> Sender:
+    """POST `body` (V2 JSON) to `url` on `client`."""
+
+    async def send() -> Answer:
+        try:
+            resp = await client.post(url, content=body, headers={"content-type": "application/json"})
+        except httpx.HTTPError as e:
+            raise SendError(f"{type(e).__name__}: {e}") from e
+        if resp.status_code != 200:
+            return Answer(resp.status_code, error=resp.text[:200])
+        queue, batch_id = served_by(resp.content)
+        return Answer(200, queue, batch_id)
+
+    return send
+
+
+def grpc_sender(hop: GrpcHop, address: str, model: str, body: bytes, timeout_s: float) -> Sender:
+    """`body` (V2 JSON) sent as a V2 gRPC `ModelInfer` to `address` with raw contents, as the router sends it;
+    its tensors are turned into raw bytes once, here."""
+    request = orjson.loads(body)
+    request["inputs"] = [{**t, "data": raw(t)} for t in request["inputs"]]
+
+    async def send() -> Answer:
+        status, payload = await hop.call(address, model, request, {}, timeout_s)  # no answer: 503 or 504
+        if status != 200:
+            return Answer(status, error=str(payload.get("error", ""))[:200])
+        params = payload.get("parameters") or {}
+        queue, batch_id = params.get("queue_ms"), params.get("batch_id")
+        return Answer(200, float(queue) if queue is not None else None,
+                      int(batch_id) if batch_id is not None else None)
+
+    return send
+
+
 async def drive_load(
-    client: httpx.AsyncClient,
-    url: str,
-    body: bytes,
+    send: Sender,
     concurrency: int,
     batch: int,
     *,
@@ -113,21 +167,21 @@ async def drive_load(
         while window_end is None:
             t0 = clock()
             try:
-                resp = await client.post(url, content=body, headers={"content-type": "application/json"})
-            except httpx.HTTPError as e:
-                errors.append(f"{type(e).__name__}: {e}")
+                answer = await send()
+            except SendError as e:
+                errors.append(str(e))
                 await asyncio.sleep(0.05)
                 continue
             t1 = clock()
-            if resp.status_code != 200:
-                errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            if answer.status != 200:
+                errors.append(f"HTTP {answer.status}: {answer.error}")
                 continue
             if window_end is not None and t1 > window_end:
                 break
             if t1 >= window_start:
                 finished.append(t1)
             if t0 >= window_start:
-                queue, batch_id = served_by(resp.content)
+                queue, batch_id = answer.queue_ms, answer.batch_id
                 if queue is None:
                     no_queue = True
                     queue = 0.0

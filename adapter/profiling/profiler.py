@@ -14,7 +14,8 @@ restart. Then, per point:
    - `throughput_rps` = requests completed in the window / window length: the saturation throughput.
    - latency = each request's client-side time **minus the time it waited in the runtime's queue**
      (`queue_ms`, which the runtime returns in the response parameters). What remains is the service time of
-     the batch it rode in plus its own codec and HTTP overhead: "the time of one batch" as the optimizer and
+     the batch it rode in plus its own codec and transport overhead, on the hop the router uses
+     (`protocol`: V2 gRPC with raw tensor contents by default, as the router sends it; `rest` for JSON): "the time of one batch" as the optimizer and
      the simulator use it. They add queueing (and the wait for a batch to fill) from their own models; the
      oversubscribed closed loop's queueing (about one extra batch time per request) is an artefact of the way
      we saturate the replica, not a property of the point, so it is left out. `p50_ms`, `p99_ms`, `mean_ms`
@@ -25,7 +26,7 @@ restart. Then, per point:
 
 The load generator runs in this process, outside the replica's CPU limit, on the same machine: at the largest
 core counts it competes with the replica for the machine's cores, which the `machine` column notes (`2c`).
-It sends one pre-encoded request body and reads only `queue_ms`/`batch_id` from the answers, to cost little:
+It sends one pre-encoded request and reads only `queue_ms`/`batch_id` from the answers, to cost little:
 random tensor data for an ONNX stage, and for a speech or text stage what it receives when the pipeline serves
 the demo's requests (`stage_requests`: the spoken sentence, its transcript, the document, its summary, ...), so
 every point is measured at the input length the stage sees.
@@ -53,18 +54,20 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from tqdm import tqdm
 
 from adapter.errors import SpecError, UsageError
 from adapter.executors.cgroups import detect_cpu_controller
+from adapter.executors.local.replica import HOST as REPLICA_HOST
 from adapter.executors.local.replica import ReplicaConfig, ReplicaProcess, stage_template
-from adapter.profiling.closed_loop import LoadResult, drive_load, percentile
+from adapter.profiling.closed_loop import LoadResult, drive_load, grpc_sender, percentile, rest_sender
 from adapter.profiling.profile import Profile, ProfilePoint
 from adapter.profiling.stage_requests import stage_body
 from adapter.spec import GraphSpec, StageSpec
+from mlserver_ipa.grpc_hop import GrpcHop
 
 
 class ProfilerError(UsageError):
@@ -88,6 +91,9 @@ class ProfilerSettings:
     """The runtime's batch window while profiling: generous, so batches are always full."""
     start_timeout_s: float = 180.0
     request_timeout_s: float = 120.0
+    protocol: Literal["grpc", "rest"] = "grpc"
+    """How requests reach the replica: V2 gRPC with raw tensor contents, as the pipeline's router sends them
+    (its default hop), or V2 REST/JSON (what a stage whose route says `protocol: rest` gets)."""
 
 
 @dataclass(frozen=True)
@@ -260,11 +266,13 @@ async def profile_stage(
     warned = False
     done = 0
     niceness = _favour_self()
+    hop: GrpcHop | None = None
     try:
         await replica.start()
         _favour(replica)
         await replica.wait_ready(settings.start_timeout_s)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        hop = GrpcHop()
         async with httpx.AsyncClient(base_url=replica.url, timeout=settings.request_timeout_s,
                                      limits=limits) as client:
             for n, point in enumerate(todo, 1):
@@ -274,9 +282,12 @@ async def profile_stage(
                 )
                 if point.variant not in bodies:
                     bodies[point.variant] = stage_body(spec, stage, files[point.variant])
+                body = bodies[point.variant]
+                send = (grpc_sender(hop, f"{REPLICA_HOST}:{replica.grpc_port}", stage.name, body,
+                                    settings.request_timeout_s) if settings.protocol == "grpc"
+                        else rest_sender(client, f"/v2/models/{stage.name}/infer", body))
                 result = await drive_load(
-                    client, f"/v2/models/{stage.name}/infer", bodies[point.variant],
-                    settings.load_factor * point.batch, point.batch, warmup_s=settings.warmup_s,
+                    send, settings.load_factor * point.batch, point.batch, warmup_s=settings.warmup_s,
                     duration_s=settings.duration_s, min_batches=settings.min_batches,
                     max_extend=settings.max_extend,
                 )
@@ -303,6 +314,8 @@ async def profile_stage(
         raise
     finally:
         bar.close()
+        if hop is not None:
+            await hop.aclose()
         await replica.stop()
         shutil.rmtree(folder, ignore_errors=True)
         if niceness is not None:
