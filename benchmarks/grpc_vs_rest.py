@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,20 +42,10 @@ from mlserver_ipa.v2_proto import Stub, params_to_pb, pb
 from mlserver_ipa.wire_tensors import fill_pb_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_harness import LoadClient, Server, process_cpu_seconds  # noqa: E402
+from serving_harness import LoadClient, Server, model_repository, process_cpu_seconds  # noqa: E402
 
 WAYS = ("rest", "rest+grpc", "grpc")
 DEADLINE_MS = 5000.0
-
-
-def repository(models: Path, variant: str, out: Path) -> tuple[Path, str]:
-    """A copy of the demo family folder with `variant` active at batch 1, and its model name."""
-    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
-    settings_file = next(out.rglob("model-settings.json"))
-    settings = json.loads(settings_file.read_text())
-    settings["parameters"]["extra"].update(active=variant, batch_size=1, max_batch_time_ms=0)
-    settings_file.write_text(json.dumps(settings))
-    return out, settings.get("name", settings_file.parent.name)
 
 
 async def closed_loop(send: Callable[[], Awaitable[bool]], requests: int, concurrency: int) -> tuple[list[float], int]:
@@ -92,7 +81,7 @@ async def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="ipa-grpc-vs-rest-"))
-    repo, model = repository(args.models, args.variant, tmp / "repo")
+    repo, model = model_repository(args.models, args.variant, tmp / "repo", max_batch_time_ms=0)
     replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
     token_file = tmp / "router.token"
     write_token_file(token_file, replica.token)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import sys
@@ -30,23 +29,9 @@ from mlserver_ipa.auth import write_token_file
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_harness import LoadClient, Server, process_cpu_seconds  # noqa: E402
+from serving_harness import LoadClient, Server, load_average, model_repository, process_cpu_seconds  # noqa: E402
 
 PARSERS = ("httptools", "h11")
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def repository(models: Path, variant: str, out: Path) -> tuple[Path, str]:
-    """The demo family folder with `variant` active at batch 1, and its model name."""
-    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
-    settings_file = next(out.rglob("model-settings.json"))
-    settings = json.loads(settings_file.read_text())
-    settings["parameters"]["extra"].update(active=variant, batch_size=1)
-    settings_file.write_text(json.dumps(settings))
-    return out, settings.get("name", settings_file.parent.name)
 
 
 async def one_round(router: RouterProcess, body: bytes, requests: int, concurrency: int) -> tuple[float, list[float]]:
@@ -82,12 +67,12 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ipa-parser-"))
-    repo, model = repository(args.models, args.variant, tmp / "repo")
+    repo, model = model_repository(args.models, args.variant, tmp / "repo")
     replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
     token_file = tmp / "router.token"
     write_token_file(token_file, replica.token)
     body = V2Payload.random(args.resolution).body({"deadline_ms": 30_000})
-    before = _load()
+    before = load_average()
     cpu: dict[str, list[float]] = {p: [] for p in PARSERS}
     lat: dict[str, list[float]] = {p: [] for p in PARSERS}
     try:
@@ -120,7 +105,7 @@ async def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nrouter HTTP parser, {len(body) / 1024:.0f} KiB JSON bodies ({args.resolution} px image), "
           f"{args.rounds} alternating rounds of {args.requests} requests, {args.concurrency} clients; "
-          f"load average {before} -> {_load()}")
+          f"load average {before} -> {load_average()}")
     print(f"{'parser':>9} {'CPU ms/req (median, range)':>30} {'p50 ms':>8} {'p99 ms':>8}")
     for parser in PARSERS:
         c = cpu[parser]

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from mlserver_ipa.auth import write_token_file
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_harness import Server  # noqa: E402
+from serving_harness import Server, model_repository  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -48,16 +47,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def repository(models: Path, variant: str, batch: int, out: Path) -> tuple[Path, str]:
-    """A copy of the demo family folder with `variant` active at `batch`, and its model name."""
-    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
-    settings_file = next(out.rglob("model-settings.json"))
-    settings = json.loads(settings_file.read_text())
-    settings["parameters"]["extra"].update(active=variant, batch_size=batch, max_batch_time_ms=5)
-    settings_file.write_text(json.dumps(settings))
-    return out, settings.get("name", settings_file.parent.name)
 
 
 async def capacity(url: str, pipeline: str, payload: V2Payload, slo_ms: float, seconds: float = 8.0) -> float:
@@ -173,7 +162,8 @@ async def main() -> None:
         return
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="ipa-overload-"))
-    repo, model = repository(args.models, args.variant, args.batch, tmp / "repo")
+    repo, model = model_repository(args.models, args.variant, tmp / "repo", batch=args.batch,
+                                   max_batch_time_ms=5)
     replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
     token_file = tmp / "router.token"
     write_token_file(token_file, replica.token)

@@ -46,13 +46,9 @@ from adapter.workloads.loadgen import RequestRecord, V2Payload
 from mlserver_ipa.auth import write_token_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_harness import LoadClient  # noqa: E402
+from serving_harness import LoadClient, load_average  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def planned(spec: GraphSpec, policy: str, budget: float) -> tuple[float, Decision]:
@@ -117,11 +113,11 @@ async def measure(spec: GraphSpec, budget: float, policy: str, models: Path, sec
                 raise SystemExit(f"budget {budget:g}: the decision was not applied: {result.failed}")
             first = decision.stages[0]
             clients = max(4, 4 * sum(r.batch * r.count for r in first.replicas))
-            before = _load()
+            before = load_average()
             served = await closed_loop(router.url, spec.name, payload.body({"deadline_ms": 60_000.0}), clients,
                                        seconds)
             records = await open_loop(router.url, spec, load, seconds, resolution, home)
-            after = _load()
+            after = load_average()
     within = sum(1 for r in records if r.status == 200 and r.latency_ms <= spec.slo_ms)
     codes: dict[int, int] = {}
     for r in records:

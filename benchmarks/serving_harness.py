@@ -21,6 +21,28 @@ from mlserver_ipa.auth import TOKEN_FILE_ENV, write_token_file
 BENCH_DIR = Path(__file__).resolve().parent
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, printed beside every figure a benchmark measures."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def model_repository(models: Path, variant: str, out: Path, *, batch: int = 1,
+                     max_batch_time_ms: float | None = None) -> tuple[Path, str]:
+    """A copy of the demo family folder `models` in `out` with `variant` active at `batch` (and the batch window
+    when given), and its model name."""
+    import shutil
+
+    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
+    settings_file = next(out.rglob("model-settings.json"))
+    settings = json.loads(settings_file.read_text())
+    extra = {"active": variant, "batch_size": batch}
+    if max_batch_time_ms is not None:
+        extra["max_batch_time_ms"] = max_batch_time_ms
+    settings["parameters"]["extra"].update(extra)
+    settings_file.write_text(json.dumps(settings))
+    return out, settings.get("name", settings_file.parent.name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
