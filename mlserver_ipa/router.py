@@ -24,7 +24,7 @@ from then on a route naming any other address is refused 403, as one naming anot
 is not well formed is 422 (`route_table`). Both writes need the pipeline's token (`mlserver_ipa.auth`: 401, or 403
 without one). Reads stay open; every connection has the request limits (`limits`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus); arrivals are counted as each
-request's headers are parsed (`accept_arrivals`), and the budgets requests arrived with are exported over a
+request's headers are parsed (`accept_arrivals`; over gRPC before the message is read, `router_grpc`), and the budgets requests arrived with are exported over a
 window (`--budget-window-s`, `arrival_budgets`) for the adapter's cl_max.
 
 With `--grpc-port` the process serves the pipeline over V2 gRPC too, in the same event loop (`router_grpc`;

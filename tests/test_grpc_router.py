@@ -4,10 +4,12 @@ statuses, and a replica's gRPC address held to the allow-list. Real replica and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -21,7 +23,7 @@ from mlserver_ipa.deadlines import DEADLINE_HEADER
 from mlserver_ipa.limits import RequestLimits
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 from mlserver_ipa.router import PipelineRouter, serve
-from mlserver_ipa.router_grpc import start_grpc
+from mlserver_ipa.router_grpc import INFER_METHOD, start_grpc
 from mlserver_ipa.v2_proto import Stub, params_from_pb, pb
 from mlserver_ipa.wire_tensors import fill_pb_inputs, from_pb_outputs
 
@@ -165,6 +167,78 @@ async def test_raw_contents_go_through_both_hops_unchanged(replica: MLServer) ->
                 if model == "pipe":
                     assert params_from_pb(response.parameters)["variants"] == "classifier=resnet18"
         assert answers[0]["data"] == answers[1]["data"] and answers[0]["shape"] == [2, 1000]
+    finally:
+        await server.stop(1.0)
+        await router.aclose()
+
+
+async def test_grpc_arrivals_are_counted_before_the_message_is_read(replica: MLServer) -> None:
+    """A call whose message the client holds back is counted (and stamped) on its metadata alone; its relative
+    budget counts from that stamp; a message never read (over the size limit) is counted too."""
+    router = PipelineRouter("pipe", ["classifier"])
+    await router.update_stage("classifier", grpc_only(replica))
+    port = free_port()
+    server = await start_grpc(router, "127.0.0.1", port, RequestLimits(max_body_bytes=64 << 10))
+
+    def sample(name: str, **labels: str) -> float:
+        return router.registry.get_sample_value(name, {"pipeline": "pipe", **labels}) or 0.0
+
+    async def until_arrivals(n: float) -> None:
+        for _ in range(3000):  # a hang guard, not a bound
+            if sample("ipa_router_arrivals_total") >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"arrivals stayed at {sample('ipa_router_arrivals_total')}")
+
+    def request(shape: list[int], deadline_ms: float) -> Any:
+        message = pb.ModelInferRequest(model_name="pipe")
+        x = np.zeros(shape, dtype=np.float32)
+        fill_pb_inputs(message, [{"name": "input", "datatype": "FP32", "shape": shape, "data": x.tobytes()}])
+        message.parameters["deadline_ms"].double_param = deadline_ms
+        return message
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # The same wire call as a unary ModelInfer, but the client decides when its one message goes.
+            held = channel.stream_unary(INFER_METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+
+            async def call_holding(message: Any, release: asyncio.Event) -> Any:
+                async def one() -> AsyncIterator[Any]:
+                    await release.wait()
+                    yield message
+                return await held(one(), timeout=120)
+
+            go_late = asyncio.Event()
+            late_call = asyncio.create_task(call_holding(request(SHAPE, 300.0), go_late))
+            await until_arrivals(1)
+            assert sample("ipa_router_requests_total", code="504") == 0  # counted, nothing read or answered yet
+            await asyncio.sleep(0.6)  # twice its budget, counted from the stamp taken before now
+            go_late.set()
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await late_call
+            assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert sample("ipa_router_requests_total", code="504") == 1
+
+            go = asyncio.Event()
+            served = asyncio.create_task(call_holding(request(SHAPE, 60000.0), go))
+            await until_arrivals(2)
+            go.set()
+            answer = await served
+            assert from_pb_outputs(answer)[0]["shape"] == [2, 1000]
+            assert sample("ipa_router_requests_total", code="200") == 1
+
+            # Over the message limit: refused by gRPC before any handler, counted all the same.
+            with pytest.raises(grpc.aio.AioRpcError) as big:
+                await Stub(channel).ModelInfer(request([8, 3, SMALL_RESOLUTION, SMALL_RESOLUTION], 60000.0),
+                                               timeout=60)
+            assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Another model's name is inside the message: an arrival of this router, answered 404.
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await Stub(channel).ModelInfer(pb.ModelInferRequest(model_name="other"), timeout=60)
+            assert other.value.code() == grpc.StatusCode.NOT_FOUND
+            assert sample("ipa_router_requests_total", code="404") == 1
+        assert sample("ipa_router_arrivals_total") == 4
     finally:
         await server.stop(1.0)
         await router.aclose()
