@@ -8,7 +8,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -137,6 +137,64 @@ async def test_direct_source_unreachable_router_is_an_unavailable_observation() 
     await source.aclose()
     assert not obs.available and obs.window_s == 5.0
     assert obs.reason is not None and dead in obs.reason and "ConnectError" in obs.reason
+
+
+@dataclass
+class HoldingProxy:
+    """A TCP relay in front of a server: while `hold` is set, the next bytes a client sends wait for `release`
+    (a scrape that is slow to reach the server), and `held` says they are waiting."""
+
+    upstream_port: int
+    hold: bool = False
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def relay(self, client: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, holding: bool) -> None:
+            while data := await src.read(65536):
+                if holding and self.hold:
+                    self.held.set()
+                    await self.release.wait()
+                    self.hold = False
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(client, server_w, True), pipe(server, client_w, False), return_exceptions=True)
+
+
+@in_module_loop
+async def test_a_slow_scrape_is_dated_when_its_answer_came() -> None:
+    """Arrivals the router counts while a scrape is on its way are in that scrape's value, so its window ends
+    when the answer came, not at the `now` taken before it (a real router, its real /metrics)."""
+    router = PipelineRouter("slow", ["classifier"])  # no replica: every request is answered 503, and counted
+    async with serve(router, port=0) as url:
+        proxy = HoldingProxy(int(url.rsplit(":", 1)[1]))
+        relay = await asyncio.start_server(proxy.relay, "127.0.0.1", 0)
+        port = relay.sockets[0].getsockname()[1]
+        source = DirectSource("slow", f"http://127.0.0.1:{port}/metrics", dict, started_at=time.monotonic())
+        try:
+            await source.observe(time.monotonic())
+            after_base = time.monotonic()
+            proxy.hold = True
+            scrape = asyncio.create_task(source.observe(time.monotonic()))
+            await asyncio.wait_for(proxy.held.wait(), 60)  # a hang guard
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                for _ in range(5):
+                    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [0.0]}]}
+                    assert (await c.post("/v2/models/slow/infer", json=body)).status_code == 503
+            await asyncio.sleep(0.5)  # the scrape stays slow a while longer
+            sent = time.monotonic()
+            proxy.release.set()
+            obs = await scrape
+        finally:
+            await source.aclose()
+            relay.close()
+    assert obs.available and obs.requests == 5
+    assert obs.window_s >= sent - after_base  # it ends after the five arrivals its counter holds
+    assert obs.load_rps == pytest.approx(5 / obs.window_s)
 
 
 @requires_prometheus

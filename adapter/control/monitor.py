@@ -26,12 +26,18 @@ When the load cannot be read (the router's metrics are unreachable, Prometheus i
 *unavailable* and carries the reason: the loop then keeps the configuration in force and records why. A replica
 that cannot be scraped (it is starting, or was just replaced) only leaves a note. Sources never raise for the
 outside world failing; they never read the wall clock for a decision (`now` is passed in).
+
+A scrape's counters are dated when its answer came, not when it was asked for: `now` is taken before the scrape,
+and an endpoint slow to answer (a router busy under a burst) counts arrivals up to the moment it wrote its
+answer. `DirectSource` dates each scrape `now` + the time it took (measured on its `clock`), so a counter value
+and its time agree and a slow scrape's arrivals are not given to a window that ends before them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -152,6 +158,7 @@ class DirectSource:
 
     `replicas()` gives, per stage, the metrics URLs of its replicas now (`LocalCluster.metrics_urls`); the
     set may change between observations. Counters start from zero at `started_at` (when the router started).
+    A scrape is dated `now` + the time it took, measured on `clock` (see module doc).
     """
 
     pipeline: str
@@ -159,6 +166,8 @@ class DirectSource:
     replicas: Callable[[], Mapping[str, Sequence[str]]]
     started_at: float
     timeout_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    """Measures how long a scrape took (only differences are read, so `now` may be on any clock)."""
     _router: _Scrape | None = field(default=None, init=False)
     _replica_scrapes: dict[str, _Scrape] = field(default_factory=dict, init=False)
     _samples: list[tuple[float, float]] = field(default_factory=list, init=False)
@@ -169,10 +178,13 @@ class DirectSource:
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
         return self._client
 
-    async def _scrape(self, url: str) -> Samples:
+    async def _scrape(self, url: str, now: float) -> _Scrape:
+        """`url`'s samples, dated when the answer came: `now` (taken before asking) + the time it took."""
+        asked = self.clock()
         resp = await self._http().get(url)
+        at = now + max(0.0, self.clock() - asked)
         resp.raise_for_status()
-        return parse_samples(resp.text)
+        return _Scrape(at, parse_samples(resp.text))
 
     def _arrivals(self, samples: Samples) -> float:
         return total(samples, "ipa_router_arrivals_total", pipeline=self.pipeline)
@@ -180,20 +192,20 @@ class DirectSource:
     async def sample(self, now: float) -> None:
         """Read the router's arrival counter, for the per-second load between observations."""
         try:
-            samples = await self._scrape(self.router_metrics_url)
+            scrape = await self._scrape(self.router_metrics_url, now)
         except (httpx.HTTPError, ValueError):
             return  # the observation will say why
-        self._samples.append((now, self._arrivals(samples)))
+        self._samples.append((scrape.at, self._arrivals(scrape.samples)))
 
     async def observe(self, now: float) -> Observation:
         last_at = self._router.at if self._router is not None else self.started_at
-        window = max(0.0, now - last_at)
         try:
-            router_now = await self._scrape(self.router_metrics_url)
+            scrape = await self._scrape(self.router_metrics_url, now)
         except (httpx.HTTPError, ValueError) as e:
             self._samples.clear()
-            return Observation.unavailable(now, window, f"router metrics unreachable ({self.router_metrics_url}):"
+            return Observation.unavailable(now, max(0.0, now - last_at), f"router metrics unreachable ({self.router_metrics_url}):"
                                                         f" {type(e).__name__}: {e}".rstrip(": "))
+        router_now, window = scrape.samples, max(0.0, scrape.at - last_at)
         before = self._router.samples if self._router is not None else None
         d = increase(router_now, before)
         requests = self._arrivals(d)
@@ -204,9 +216,10 @@ class DirectSource:
                   and _matches(labels, {"pipeline": self.pipeline, "quantile": "0.01"})]
 
         points = [(last_at, self._arrivals(before) if before is not None else 0.0),
-                  *[(t, c) for t, c in self._samples if last_at < t < now], (now, self._arrivals(router_now))]
+                  *[(t, c) for t, c in self._samples if last_at < t < scrape.at],
+                  (scrape.at, self._arrivals(router_now))]
         self._samples.clear()
-        self._router = _Scrape(now, router_now)
+        self._router = scrape
 
         urls = self.replicas()
         replica_deltas, notes = await self._scrape_replicas(now, urls)
@@ -242,7 +255,7 @@ class DirectSource:
         """Per replica URL: (increases since its previous scrape, seconds between them; 0 for a first scrape,
         whose CPU since process start is mostly loading the model and tells nothing about the load)."""
         wanted = [u for us in urls.values() for u in us]
-        results = await asyncio.gather(*(self._scrape(u) for u in wanted), return_exceptions=True)
+        results = await asyncio.gather(*(self._scrape(u, now) for u in wanted), return_exceptions=True)
         out: dict[str, tuple[Samples, float]] = {}
         notes: list[str] = []
         for url, got in zip(wanted, results, strict=True):
@@ -252,11 +265,11 @@ class DirectSource:
                 notes.append(f"replica metrics unreachable ({url}): {type(got).__name__}")
                 continue
             prev = self._replica_scrapes.get(url)
-            d = increase(got, prev.samples if prev is not None else None)
+            d = increase(got.samples, prev.samples if prev is not None else None)
             if prev is None:  # count its requests (all within the window) but not its start-up CPU
                 d = {k: v for k, v in d.items() if k[0] != "process_cpu_seconds_total"}
-            out[url] = (d, now - prev.at if prev is not None else 0.0)
-            self._replica_scrapes[url] = _Scrape(now, got)
+            out[url] = (d, got.at - prev.at if prev is not None else 0.0)
+            self._replica_scrapes[url] = got
         for url in set(self._replica_scrapes) - set(wanted):
             del self._replica_scrapes[url]  # gone replicas
         return out, notes
