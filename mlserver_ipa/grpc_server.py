@@ -24,6 +24,11 @@ Per call:
 - every error is a gRPC status with the reason as its details: the HTTP status our errors carry is mapped by
   `v2_proto.grpc_code` (400 INVALID_ARGUMENT, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE,
   504 DEADLINE_EXCEEDED, ...). The server keeps serving after any of them.
+
+`ModelStreamInfer` is not served (UNIMPLEMENTED): MLServer's proto streams `ModelInferResponse`s out of one
+model's `predict_stream` (generative models; our runtime has none), KServe/Triton's streams
+`ModelStreamInferResponse`s, one per request message: the two are not wire-compatible, and neither is a cheaper
+path for one-shot inference than ModelInfer.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,12 +131,14 @@ def _run_dir(repo: Path, run_dir: Path, settings: dict[str, Any]) -> None:
             (run_dir / child.name).symlink_to(child.resolve(), target_is_directory=child.is_dir())
 
 
-def launch_mlserver(repo: Path, run_dir: Path, *, timeout: float = STARTUP_TIMEOUT_S, **settings: Any) -> MLServer:
-    """Start a replica server (`mlserver_ipa.server`) serving `repo` and wait until all its models are READY."""
+def launch_mlserver(repo: Path, run_dir: Path, *, timeout: float = STARTUP_TIMEOUT_S,
+                    environ: Mapping[str, str] | None = None, **settings: Any) -> MLServer:
+    """Start a replica server (`mlserver_ipa.server`) serving `repo` and wait until all its models are READY;
+    `environ`: its environment (this process's when None)."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     _run_dir(Path(repo), run_dir, {"host": "127.0.0.1", **ports, **settings})
     log_path = run_dir.parent / f"{run_dir.name}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlserver_ipa.server", str(run_dir)],

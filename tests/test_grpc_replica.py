@@ -6,6 +6,7 @@ Against a real `python -m mlserver_ipa.server` on loopback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer
 
+from mlserver_ipa.auth import TOKEN_ENV, TOKEN_FILE_ENV
 from mlserver_ipa.deadlines import DEADLINE_HEADER
 from mlserver_ipa.v2_proto import Stub, params_from_pb, params_to_pb, pb
 from mlserver_ipa.wire_tensors import fill_pb_inputs, from_pb_outputs
@@ -96,6 +98,25 @@ async def test_repository_load_and_unload_need_the_token(stub: Stub) -> None:
     await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="resnet"), metadata=auth, timeout=120)
     assert (await stub.ModelReady(pb.ModelReadyRequest(name="resnet"), timeout=30)).ready
     await stub.ModelInfer(image_request(), timeout=60)  # the reloaded model serves
+
+
+async def test_a_replica_without_a_token_refuses_repository_calls_permission_denied(
+        start_mlserver: Callable[..., MLServer], variant_repo: Path) -> None:
+    """A replica started with no pipeline token takes no repository writes at all, token or not (gRPC's
+    PERMISSION_DENIED, as REST's 403), and keeps serving inference."""
+    open_env = {k: v for k, v in os.environ.items() if k not in (TOKEN_FILE_ENV, TOKEN_ENV)}
+    tokenless = start_mlserver(variant_repo, environ=open_env)
+    async with grpc.aio.insecure_channel(tokenless.grpc_url) as channel:
+        stub = Stub(channel)
+        for metadata in ((), (("authorization", f"Bearer {TEST_TOKEN}"),)):
+            for call, request in ((stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="resnet")),
+                                  (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="resnet"))):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(request, metadata=metadata, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "no token" in (refused.value.details() or "")
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="resnet"), timeout=30)).ready
+        assert from_pb_outputs(await stub.ModelInfer(image_request(), timeout=60))[0]["shape"][0] == 1
 
 
 async def test_a_gone_deadline_is_shed_before_decoding(stub: Stub) -> None:
