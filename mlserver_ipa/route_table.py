@@ -15,7 +15,8 @@ route that does not pass is refused whole (`ValueError`; `ForbiddenUpstream` for
 not send to), the previous one stays. A replica's `grpc_port` (where the router calls it over V2 gRPC, when the
 stage's `protocol` is `grpc`) is checked as the address `host:grpc_port`, by the same rules. The executor sends that list (`UpstreamList`, `PUT /router/upstreams` when the
 router runs as its own process) before every route it writes; until it first does, any port of an allowed host
-passes.
+passes, unless the router was started to require the list (`Upstreams.required`, the router's
+`--require-upstreams`, as `ipa up` starts it): then a route naming any replica is refused until the list comes.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class Upstreams:
     hosts: Collection[str] = LOOPBACK_HOSTS
     """hosts replica URLs may name"""
     addresses: Callable[[], Collection[str]] | None = None
-    """the `host:port` of every replica the executor started (None: any port of an allowed host)"""
+    """the `host:port` of every replica the executor started (None: not sent yet)"""
+    required: bool = False
+    """while `addresses` is None, refuse every replica (True) or take any port of an allowed host (False)"""
 
     def check(self, url: str) -> None:
         address = replica_address(url)
@@ -93,6 +96,9 @@ class Upstreams:
         if host not in self.hosts:
             raise ForbiddenUpstream(f"replica url {url!r}: host {host!r} is not one the router sends to "
                              f"({', '.join(sorted(self.hosts))})")
+        if self.addresses is None and self.required:
+            raise ForbiddenUpstream(f"replica url {url!r}: the router takes no replica until the executor has sent "
+                                    "the replicas it started (PUT /router/upstreams)")
         if self.addresses is not None and address not in set(self.addresses()):
             raise ForbiddenUpstream(f"replica url {url!r}: {address} is not a replica the cluster started")
 

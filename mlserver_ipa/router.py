@@ -20,7 +20,8 @@ The table is changed in place: by the executor in the same process (`await route
 HTTP (`PUT /router/stages/<stage>` with a `StageRoute` body; `RouterClient` does it) when the router runs as
 its own process: `python -m mlserver_ipa.router --pipeline NAME --stages a,b --port 8080`. The executor also
 sends the `host:port` of every replica it started (`PUT /router/upstreams` with an `UpstreamList`; `set_upstreams`):
-from then on a route naming any other address is refused 403, as one naming another host always is; a route that
+from then on a route naming any other address is refused 403, as one naming another host always is (started with
+`--require-upstreams`, as `ipa up` starts it, every route naming a replica is refused until then); a route that
 is not well formed is 422 (`route_table`). Both writes need the pipeline's token (`mlserver_ipa.auth`: 401, or 403
 without one). Reads stay open; every connection has the request limits (`limits`).
 `GET /metrics` has per-pipeline request counts and latency histograms (Prometheus); arrivals are counted as each
@@ -59,7 +60,14 @@ from mlserver_ipa.pipeline_router import (
     PipelineRouter,
 )
 from mlserver_ipa.protocol import uvicorn_options
-from mlserver_ipa.route_table import ForbiddenUpstream, RouterStatus, StageRoute, StageStatus, UpstreamList
+from mlserver_ipa.route_table import (
+    ForbiddenUpstream,
+    RouterStatus,
+    StageRoute,
+    StageStatus,
+    UpstreamList,
+    Upstreams,
+)
 from mlserver_ipa.router_grpc import start_grpc
 from mlserver_ipa.wire_tensors import listed_all
 
@@ -267,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="requests in flight per replica, in batches of its batch size (default %(default)s)")
     parser.add_argument("--queue-per-slot", type=int, default=DispatchSettings.queue_per_slot,
                         help="requests that may wait at the router per in-flight slot (default %(default)s)")
+    parser.add_argument("--require-upstreams", action="store_true",
+                        help="refuse every route naming a replica until the replicas started are sent "
+                             "(PUT /router/upstreams); without it, any loopback port passes until then")
     parser.add_argument("--budget-window-s", type=float, default=30.0,
                         help="window of the arrival budgets exported for the adapter's cl_max (default %(default)s)")
     args = parser.parse_args(argv)
@@ -278,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: {e}\n")
     dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch,
-                            budget_window_s=args.budget_window_s)
+                            budget_window_s=args.budget_window_s, upstreams=Upstreams(required=args.require_upstreams))
     # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
     config = uvicorn.Config(create_app(router, token), host=args.host, port=args.port, log_level="warning",
                             loop="none", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,

@@ -72,6 +72,21 @@ async def test_a_route_may_name_only_replicas_the_cluster_started(router: Router
         assert refused.status_code == 403 and "not one the router sends to" in refused.json()["error"]
 
 
+async def test_a_router_started_to_require_the_list_takes_no_replica_before_it(tmp_path: Path) -> None:
+    """As `ipa up` starts it (`--require-upstreams`): closed until the executor's list, then held to it."""
+    async with RouterProcess("pipe", ["classifier"], port=0, token_file=Path(os.environ["IPA_TOKEN_FILE"]),
+                             log=tmp_path / "router.log", require_upstreams=True) as r, httpx.AsyncClient(
+            base_url=r.url, timeout=30) as c:
+        refused = await c.put("/router/stages/classifier", json=stage(9001), headers=AUTH)
+        assert refused.status_code == 403 and "PUT /router/upstreams" in refused.json()["error"]
+        assert (await c.get("/router/stages/classifier")).json()["replicas"] == []
+        empty = await c.put("/router/stages/classifier", json=StageRoute(model="resnet").model_dump(), headers=AUTH)
+        assert empty.status_code == 200  # a route with no replica names nothing to refuse
+        assert (await c.put("/router/upstreams", json={"addresses": ["127.0.0.1:9001"]}, headers=AUTH)).status_code == 200
+        assert (await c.put("/router/stages/classifier", json=stage(9001), headers=AUTH)).status_code == 200
+        assert (await c.put("/router/stages/classifier", json=stage(9002), headers=AUTH)).status_code == 403
+
+
 async def counts(c: httpx.AsyncClient) -> dict[str, float]:
     samples = parse_samples((await c.get("/metrics")).text)
     return {"arrived": total(samples, "ipa_router_arrivals_total", pipeline="pipe"),

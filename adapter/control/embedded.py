@@ -172,10 +172,11 @@ class EmbeddedPipeline:
             self.token = write_token_file(self.token_file, self.token or None)
             self._stack.callback(self.token_file.unlink, missing_ok=True)
         # The router is its own process (`router_process`): a burst cannot starve the adapter's loop, nor the
-        # adapter the router's. It sends only to loopback replicas, and writes to its table need the token.
+        # adapter the router's. It sends only to loopback replicas the cluster started (no route passes before
+        # the cluster's list), and writes to its table need the token.
         router_process = await self._stack.enter_async_context(RouterProcess(
             spec.name, [st.name for st in spec.stages], host=s.host, port=s.port, token_file=self.token_file,
-            log=self.home / spec.name / "router.log", budget_window_s=spec.interval_s))
+            log=self.home / spec.name / "router.log", budget_window_s=spec.interval_s, require_upstreams=True))
         assert router_process.client is not None
         router = router_process.client
         self.router_url = router_process.url

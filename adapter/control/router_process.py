@@ -47,11 +47,15 @@ class RouterProcess:
     """`python -m mlserver_ipa.router` serving one pipeline (see module doc)."""
 
     def __init__(self, pipeline: str, stages: Sequence[str], *, host: str = "127.0.0.1", port: int = 8080,
-                 grpc_port: int = 0, token_file: Path, log: Path, budget_window_s: float = 30.0) -> None:
-        """`budget_window_s`: the window of the arrival budgets it exports (the adapter's interval)."""
+                 grpc_port: int = 0, token_file: Path, log: Path, budget_window_s: float = 30.0,
+                 require_upstreams: bool = False) -> None:
+        """`budget_window_s`: the window of the arrival budgets it exports (the adapter's interval);
+        `require_upstreams`: it takes no route naming a replica until the executor sent the replicas it started
+        (`--require-upstreams`; off for a table written by hand, as benchmarks do)."""
         self.pipeline, self.stages = pipeline, list(stages)
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.budget_window_s = budget_window_s
+        self.require_upstreams = require_upstreams
         self.token_file, self.log = token_file, log
         self.proc: asyncio.subprocess.Process | None = None
         self.client: RouterClient | None = None
@@ -78,7 +82,8 @@ class RouterProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mlserver_ipa.router", "--pipeline", self.pipeline, "--stages",
                 ",".join(self.stages), "--host", self.host, "--port", str(self.port),
-                "--grpc-port", str(self.grpc_port), "--budget-window-s", f"{self.budget_window_s:g}", env=env,
+                "--grpc-port", str(self.grpc_port), "--budget-window-s", f"{self.budget_window_s:g}",
+                *(["--require-upstreams"] if self.require_upstreams else []), env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_in_child)
         try:

@@ -118,7 +118,7 @@ class LocalCluster:
         await self.shutdown()
 
     async def start(self) -> None:
-        """Prepare the folder and state file; no replica runs until the first `apply()`."""
+        """Prepare the folder, the state file and the router's allow-list (empty); no replica runs before `apply()`."""
         if self.state_file.exists():
             with contextlib.suppress(ValueError, OSError):
                 old = read_state(self.state_file)
@@ -131,6 +131,8 @@ class LocalCluster:
         shutil.rmtree(self.folder / "replicas", ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._started = True
+        if self.router is not None:  # the allow-list before any route: none of this cluster's replicas yet
+            await self.router.set_upstreams(set())
         atexit.register(self._kill_now)
         self._spawn(self._refresh_state())
         await self._write_state()
