@@ -34,6 +34,7 @@ import numpy as np
 
 from adapter.control.monitor import DirectSource
 from adapter.control.router_process import RouterProcess
+from adapter.executors.cgroups import detect_cpu_controller
 from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
 from mlserver_ipa.auth import write_token_file
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
@@ -114,6 +115,22 @@ async def monitor(metrics_url: str, pipeline: str, start_epoch: float, ends_s: l
     await source.aclose()
 
 
+async def router_counters(url: str) -> dict[str, float]:
+    """Where the router's answers came from: stage calls by status, and requests it shed itself, by status."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(base_url=url) as c:
+        text = (await c.get("/metrics")).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("ipa_router_stage_requests", "ipa_router_shed"):
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    key = f"{family.name.removeprefix('ipa_router_')} {s.labels['code']}"
+                    out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -148,6 +165,12 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--absolute", action="store_true",
                         help="requests carry their deadline as `ipa-deadline` from their scheduled send")
+    parser.add_argument("--replica-cores", type=float, default=1.0,
+                        help="the replica's CPU limit, as the local cluster sets it (cgroup quota; default "
+                             "%(default)s): the rest of the machine is the router's and the load generator's")
+    parser.add_argument("--capacity-s", type=float, default=15.0, help="length of the capacity measurement")
+    parser.add_argument("--hop", choices=("grpc", "rest"), default="grpc",
+                        help="how the router calls the replica (default %(default)s, as `ipa up` routes)")
     parser.add_argument("--nominal-rps", type=float, help="the nominal load (default: 60 %% of the capacity measured)")
     parser.add_argument("--generator-nice", type=int, default=None,
                         help="run the load generator at this niceness (e.g. the router's -5): on a loaded machine a "
@@ -167,15 +190,20 @@ async def main() -> None:
     replica = Server(repo, None, tmp / "replica.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
     token_file = tmp / "router.token"
     write_token_file(token_file, replica.token)
+    limit = detect_cpu_controller().create(f"overload-{os.getpid()}", args.replica_cores)
+    limit.attach(replica.process.pid)
     try:
         replica.wait_ready([model])
         async with RouterProcess("bench", ["classifier"], port=0, token_file=token_file,
                                  log=tmp / "router.log") as router:
             assert router.client is not None and router.proc is not None
             await router.client.update_stage("classifier", StageRoute(model=model, groups=[RouteGroup(
-                variant=args.variant, replicas=[ReplicaRoute(id="c-0", url=replica.url, batch_size=args.batch)])]))
+                variant=args.variant, replicas=[ReplicaRoute(
+                    id="c-0", url=replica.url, grpc_port=replica.grpc_port if args.hop == "grpc" else None,
+                    batch_size=args.batch)])]))
             payload = V2Payload.random(args.resolution)
-            cap = await capacity(router.url, "bench", payload, args.slo_ms)
+            await capacity(router.url, "bench", payload, args.slo_ms, seconds=3.0)  # warm-up: estimates settle
+            cap = await capacity(router.url, "bench", payload, args.slo_ms, seconds=args.capacity_s)
             nominal = args.nominal_rps or 0.6 * cap
             rates = [nominal] * int(args.calm_s) + [3 * nominal] * int(args.burst_s) + [nominal] * int(args.calm_s)
             rng = np.random.default_rng(args.seed)
@@ -196,10 +224,12 @@ async def main() -> None:
             cpu = await cpu_task
             await asyncio.sleep(2)
             rss_after = rss_mb(router.proc.pid)
+            counters = await router_counters(router.url)
     finally:
         replica.stop()
+        limit.remove()
     r = phases(records, args.calm_s, args.burst_s, args.slo_ms)
-    print(f"replica {args.variant} batch {args.batch}, SLO {args.slo_ms:g} ms; capacity within SLO {cap:.1f} rps; "
+    print(f"replica {args.variant} batch {args.batch} on {args.replica_cores:g} core ({limit.kind}), {args.hop} hop, SLO {args.slo_ms:g} ms; capacity within SLO {cap:.1f} rps; "
           f"nominal {nominal:.1f} rps, burst {3 * nominal:.1f} rps for {args.burst_s:g} s; {len(records)} requests")
     print(f"goodput during burst   {r['burst_goodput_rps']:.1f} rps = {r['burst_goodput_rps'] / cap:.0%} of capacity "
           f"(target >= 90 %); shed {r['shed_share_burst']:.0%} of the burst")
@@ -219,6 +249,7 @@ async def main() -> None:
               f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''}); "
               f"cores used: router {used['router']:.2f}, load generator {used['generator']:.2f}; p99 at the router "
               f"(from its arrival stamp) {seen['p99_ms'] or float('nan'):.0f} ms; generator's lag p99 {lag * 1000:.0f} ms")
+    print("router's answers       " + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(counters.items())))
     print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min); load generator "
           f"at nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 

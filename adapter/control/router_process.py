@@ -7,9 +7,9 @@ management or a load generator, so a burst cannot starve the clock that stamps a
         r.grpc_address # 127.0.0.1:<grpc_port>: the same pipeline over V2 gRPC (a free port unless given)
         r.client       # a RouterClient: the table the local cluster writes (with the pipeline's token)
 
-CPU: the router runs at a higher scheduling priority than the replicas (`nice` `NICE`, when this process may
-set it), so under contention it gets its share of the machine before theirs; the replicas stay bounded by their
-own CPU limits. It dies with this process (PR_SET_PDEATHSIG) and is stopped with SIGTERM, then SIGKILL.
+CPU: the router runs at a higher scheduling priority than the replicas (`nice` `NICE`, and its session's
+autogroup too, when this process may set them), so under contention it gets its share of the machine before
+theirs; the replicas stay bounded by their own CPU limits. It dies with this process (PR_SET_PDEATHSIG) and is stopped with SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def _in_child() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     with contextlib.suppress(OSError):
         os.nice(NICE)
+    # setsid put the router in an autogroup of its own, and across autogroups the kernel weighs the group's
+    # nice, not the process's: without this its priority held only against its own threads.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(NICE))
 
 
 class RouterProcess:
