@@ -124,6 +124,10 @@ class GraphSpec(_Strict):
     load_quantile_window: int = Field(
         30, ge=1, description="how many recent intervals the load quantile is taken over"
     )
+    transport: Literal["grpc", "rest"] = Field(
+        "grpc", description="how the pipeline's router calls its replicas: V2 gRPC with binary tensors, or V2 "
+        "REST/JSON (locally each stage's route `protocol`; on Kubernetes the SeldonDeployment's `spec.transport`)",
+    )
     stages: list[StageSpec] = Field(min_length=1)
     # Where the spec was read from; profile paths are relative to it. Not part of the YAML.
     source: Path | None = Field(None, exclude=True)

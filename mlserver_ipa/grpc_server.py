@@ -25,6 +25,9 @@ Per call:
   `v2_proto.grpc_code` (400 INVALID_ARGUMENT, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE,
   504 DEADLINE_EXCEEDED, ...). The server keeps serving after any of them.
 
+Outputs are raw contents, or typed `contents` when `$IPA_GRPC_OUTPUTS` is `typed` (`GRPC_OUTPUTS_ENV`: what the
+Seldon rendering sets on every stage but the last of a gRPC graph, whose executor chains nodes by `contents`).
+
 `ModelStreamInfer` is not served (UNIMPLEMENTED): MLServer's proto streams `ModelInferResponse`s out of one
 model's `predict_stream` (generative models; our runtime has none), KServe/Triton's streams
 `ModelStreamInferResponse`s, one per request message: the two are not wire-compatible, and neither is a cheaper
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import grpc
@@ -67,6 +71,8 @@ from mlserver_ipa.wire_tensors import fill_pb_outputs, from_pb_inputs
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
+GRPC_OUTPUTS_ENV = "IPA_GRPC_OUTPUTS"
+"""`raw` (the default) or `typed`: how a replica's gRPC server answers its outputs (see module doc)."""
 
 
 def call_deadline(context: grpc.aio.ServicerContext, params: dict[str, Any], now_ms: float) -> float | None:
@@ -90,7 +96,9 @@ class ReplicaServicer:
     """The V2 gRPC methods of a replica over MLServer's data plane and repository (see module doc)."""
 
     def __init__(self, data_plane: Any, repository: Any, token: str | None,
-                 admission: Admission = ADMISSION, clocks: Clocks | None = None) -> None:
+                 admission: Admission = ADMISSION, clocks: Clocks | None = None, typed_outputs: bool = False) -> None:
+        """`typed_outputs`: answer outputs as typed `contents` instead of raw contents (see module doc)."""
+        self.typed_outputs = typed_outputs
         self.data_plane = data_plane
         self.repository = repository
         self.token = token
@@ -152,7 +160,7 @@ class ReplicaServicer:
             response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version or "",
                                              id=result.id or "")
             fill_pb_outputs(response, [o.model_dump(include={"name", "datatype", "shape", "data"})
-                                       for o in result.outputs])
+                                       for o in result.outputs], typed=self.typed_outputs)
         except MLServerError as e:
             await context.abort(grpc_code(e.status_code), str(e))
         except ValueError as e:  # an output the runtime built that is not its datatype: the model's fault
@@ -200,7 +208,8 @@ class GrpcServer:
     def __init__(self, settings: Any, data_plane: Any, repository: Any, *, limits: RequestLimits,
                  token: str | None) -> None:
         self.settings = settings
-        self.servicer = ReplicaServicer(data_plane, repository, token)
+        typed = os.environ.get(GRPC_OUTPUTS_ENV, "raw").strip().lower() == "typed"
+        self.servicer = ReplicaServicer(data_plane, repository, token, typed_outputs=typed)
         self.limits = limits
         self._server: grpc.aio.Server | None = None
 

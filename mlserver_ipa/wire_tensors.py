@@ -145,8 +145,18 @@ def from_pb_outputs(response: Any) -> list[dict[str, Any]]:
             for i, t in enumerate(response.outputs)]
 
 
-def fill_pb_outputs(response: Any, tensors: Sequence[dict[str, Any]]) -> None:
-    """Add `tensors` to a `ModelInferResponse` as outputs with raw contents."""
+def fill_pb_outputs(response: Any, tensors: Sequence[dict[str, Any]], typed: bool = False) -> None:
+    """Add `tensors` to a `ModelInferResponse` as outputs with raw contents, or with typed `contents` when
+    `typed` (for a caller that reads only those: Seldon Core v1's executor chains a gRPC graph's nodes by
+    copying each output's `contents` into the next request and drops `raw_output_contents`)."""
     for t in tensors:
-        response.outputs.add(name=str(t["name"]), datatype=str(t["datatype"]), shape=list(t["shape"]))
-        response.raw_output_contents.append(raw(t))
+        out = response.outputs.add(name=str(t["name"]), datatype=str(t["datatype"]), shape=list(t["shape"]))
+        if not typed:
+            response.raw_output_contents.append(raw(t))
+            continue
+        kind, field = str(t["datatype"]), _CONTENTS.get(str(t["datatype"]))
+        if field is None:
+            raise ValueError(f"tensor {t['name']!r}: {kind} has no typed contents (raw only)")
+        data = raw(t)
+        getattr(out.contents, field).extend(
+            split_bytes(t["name"], data) if kind == "BYTES" else np.frombuffer(data, dtype=DTYPES[kind]).tolist())

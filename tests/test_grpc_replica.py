@@ -21,6 +21,7 @@ from conftest import SMALL_RESOLUTION, TEST_TOKEN, MLServer
 
 from mlserver_ipa.auth import TOKEN_ENV, TOKEN_FILE_ENV
 from mlserver_ipa.deadlines import DEADLINE_HEADER
+from mlserver_ipa.grpc_server import GRPC_OUTPUTS_ENV
 from mlserver_ipa.v2_proto import Stub, params_from_pb, params_to_pb, pb
 from mlserver_ipa.wire_tensors import fill_pb_inputs, from_pb_outputs
 
@@ -117,6 +118,22 @@ async def test_a_replica_without_a_token_refuses_repository_calls_permission_den
                 assert "no token" in (refused.value.details() or "")
         assert (await stub.ModelReady(pb.ModelReadyRequest(name="resnet"), timeout=30)).ready
         assert from_pb_outputs(await stub.ModelInfer(image_request(), timeout=60))[0]["shape"][0] == 1
+
+
+async def test_typed_outputs_for_seldons_grpc_chain(start_mlserver: Callable[..., MLServer],
+                                                     variant_repo: Path, stub: Stub) -> None:
+    """With `$IPA_GRPC_OUTPUTS=typed` (what the Seldon rendering sets on a stage that feeds another) the answer
+    carries typed `contents`, the only field Seldon's gRPC chain copies, and they are the raw answer's values."""
+    typed = start_mlserver(variant_repo, environ={**os.environ, GRPC_OUTPUTS_ENV: "typed"})
+    request = image_request(rows=2)
+    async with grpc.aio.insecure_channel(typed.grpc_url) as channel:
+        answer = await Stub(channel).ModelInfer(request, timeout=60)
+    assert len(answer.raw_output_contents) == 0
+    [output] = answer.outputs
+    assert output.datatype == "FP32" and list(output.shape)[0] == 2
+    raw_answer = from_pb_outputs(await stub.ModelInfer(request, timeout=60))[0]
+    np.testing.assert_allclose(np.asarray(output.contents.fp32_contents, dtype=np.float32),
+                               np.frombuffer(raw_answer["data"], dtype=np.float32), rtol=1e-5, atol=1e-6)
 
 
 async def test_a_gone_deadline_is_shed_before_decoding(stub: Stub) -> None:

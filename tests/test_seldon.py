@@ -20,7 +20,7 @@ from shared_data import SHARED_DATA
 
 from adapter.cli import manifests as manifests_cli
 from adapter.decision.model import Decision
-from adapter.errors import UsageError
+from adapter.errors import SpecError, UsageError
 from adapter.kubernetes.schema import load_crd_schema, pruned_fields, validate_against_crd, validate_core
 from adapter.kubernetes.seldon import (
     ANNOTATION_PLAN,
@@ -37,6 +37,7 @@ from adapter.kubernetes.seldon import (
     validate_seldon_deployment,
 )
 from adapter.spec import GraphSpec, load_spec, parse_spec
+from mlserver_ipa.grpc_server import GRPC_OUTPUTS_ENV
 from mlserver_ipa.settings import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,7 @@ def test_rendered_deployment_validates_and_chains_the_stages(source: Path | str,
     obj = render_seldon_deployment(spec, plan_deployment(spec), RenderOptions(namespace="ipa", image="img:1"))
     assert_valid(obj, crd)
     assert obj["apiVersion"] == "machinelearning.seldon.io/v1" and obj["spec"]["protocol"] == "v2"
+    assert obj["spec"]["transport"] == "grpc"  # the graph's default, as the local router's
     (predictor,) = obj["spec"]["predictors"]
     assert chain(predictor["graph"]) == [s.name for s in spec.stages]
     assert [cs["spec"]["containers"][0]["name"] for cs in predictor["componentSpecs"]] == [s.name for s in spec.stages]
@@ -142,9 +144,26 @@ def test_rendered_deployment_validates_and_chains_the_stages(source: Path | str,
                                                                          max(1, -int(-static.cores // 1)))
         assert [v.name for v in runtime.variants] == [v.name for v in stage.variants]
         assert all(v.uri.startswith("/") for v in runtime.variants)
+        # Seldon's gRPC chain reads only typed contents: every stage that feeds another answers them.
+        assert env.get(GRPC_OUTPUTS_ENV) == ("typed" if i < len(spec.stages) - 1 else None)
         # What the operator makes of it is a valid pod for Kubernetes >= 1.33 (resizePolicy included).
         assert validate_core(operator_pod(obj, 0, i), K8S_VERSION) == []
     assert plan_from_annotation(obj) == plan_deployment(spec)
+
+
+def test_a_graph_that_says_rest_is_rendered_with_seldons_rest_transport(crd: dict[str, Any]) -> None:
+    spec = parse_spec({**copy.deepcopy(THREE_STAGES), "transport": "rest"})
+    obj = render_seldon_deployment(spec, plan_deployment(spec))
+    assert_valid(obj, crd)
+    assert obj["spec"]["transport"] == "rest"
+    envs = [e["name"] for cs in obj["spec"]["predictors"][0]["componentSpecs"]
+            for e in cs["spec"]["containers"][0]["env"]]
+    assert GRPC_OUTPUTS_ENV not in envs  # JSON between nodes: nothing to change
+    with pytest.raises(SpecError, match="transport"):
+        parse_spec({**copy.deepcopy(THREE_STAGES), "transport": "http2"})
+    broken = copy.deepcopy(obj)
+    broken["spec"]["transport"] = "http2"
+    assert any("spec.transport" in p for p in validate_seldon_deployment(broken))
 
 
 def test_variant_files_are_where_the_runtime_image_keeps_them() -> None:

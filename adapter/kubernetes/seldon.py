@@ -13,6 +13,13 @@ sums to 100. The runtime reads its configuration (`parameters.extra` of VariantR
 variant, batch size, batch window, threads) from `MLSERVER_MODEL_EXTRA`, MLServer's own environment form of
 model settings, so no model-settings.json is needed in the image.
 
+Transport: Seldon's executor calls the graph's nodes over the graph's `transport` (`spec.transport`: `grpc`, the
+default, as the local router does, or `rest`), on each container's port named `grpc` (9500; the operator sets
+MLServer's `MLSERVER_GRPC_PORT` to it) or `http` (9000). Over gRPC it chains two nodes by copying each output's
+typed `contents` into the next request (v1.18 `KFServingGrpcClient.Chain`) and drops `raw_output_contents`, so
+every stage but the last answers typed contents (`$IPA_GRPC_OUTPUTS=typed`, `mlserver_ipa.grpc_server`); the last
+one answers raw contents, which the executor passes back to the client as they are.
+
 The desired configuration (the plan) is also written on the object as the annotation `ipa/plan`: the
 Kubernetes executor reads it back to bring a recreated pod to it at the next interval. `adapter.kubernetes.patch`
 brings a live object to a plan; `adapter.kubernetes.rules` holds the operator's rules.
@@ -30,6 +37,7 @@ from typing import Any
 from adapter.decision.model import Decision
 from adapter.kubernetes.rules import validate_seldon_deployment
 from adapter.spec import GraphSpec, StageSpec
+from mlserver_ipa.grpc_server import GRPC_OUTPUTS_ENV
 from mlserver_ipa.settings import threads_for
 from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES
 
@@ -296,9 +304,12 @@ def runtime_settings(stage: StageSpec, config: ReplicaConfig, models_dir: str) -
     }
 
 
-def _container(stage: StageSpec, config: ReplicaConfig, options: RenderOptions) -> dict[str, Any]:
+def _container(stage: StageSpec, config: ReplicaConfig, options: RenderOptions,
+               typed_outputs: bool = False) -> dict[str, Any]:
+    """`typed_outputs`: the stage feeds another over Seldon's gRPC chain (see module doc)."""
     cpu = cpu_quantity(config.cores)
     extra = json.dumps(runtime_settings(stage, config, options.models_dir), separators=(",", ":"))
+    typed = [{"name": GRPC_OUTPUTS_ENV, "value": "typed"}] if typed_outputs else []
     return {
         "name": stage.name,
         "image": options.image,
@@ -308,6 +319,7 @@ def _container(stage: StageSpec, config: ReplicaConfig, options: RenderOptions) 
             {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
             # the pipeline's token, which control changes need (mlserver_ipa.auth): one Secret per namespace
             {"name": "IPA_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": TOKEN_SECRET_KEY}}},
+            *typed,
         ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -339,7 +351,8 @@ def render_predictor(spec: GraphSpec, p: PredictorPlan, options: RenderOptions) 
                                 "prometheus.io/path": METRICS_PATH},
             },
             "replicas": c.replicas,
-            "spec": {"containers": [_container(stage, c.template, options)]},
+            "spec": {"containers": [_container(stage, c.template, options, typed_outputs=spec.transport == "grpc"
+                                               and stage.name != spec.stages[-1].name)]},
         })
     return {"name": p.name, "traffic": p.traffic, "labels": {LABEL_GRAPH: spec.name, LABEL_PREDICTOR: p.name},
             "graph": _graph(spec.stages), "componentSpecs": specs}
@@ -359,5 +372,5 @@ def render_seldon_deployment(
             "labels": {LABEL_GRAPH: spec.name, "app.kubernetes.io/part-of": "ipa"},
             "annotations": {ANNOTATION_PLAN: plan_to_annotation(plan)},
         },
-        "spec": {"protocol": "v2", "predictors": [render_predictor(spec, p, options) for p in plan]},
+        "spec": {"protocol": "v2", "transport": spec.transport, "predictors": [render_predictor(spec, p, options) for p in plan]},
     }

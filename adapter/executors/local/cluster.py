@@ -389,7 +389,7 @@ class LocalCluster:
         if self.router is not None:
             async with self._publish_lock:
                 await self.router.set_upstreams(self.replica_addresses())
-                await self.router.update_stage(st.name, st.route())
+                await self.router.update_stage(st.name, st.route(self.spec.transport))
         await self._write_state()
 
     def replica_addresses(self) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from adapter.executors.local.replica import ReplicaConfig, ReplicaProcess
 from adapter.executors.local.state import ReplicaPhase
@@ -44,13 +44,14 @@ class ClusterStage:
     def name(self) -> str:
         return self.spec.name
 
-    def route(self) -> StageRoute:
-        """The router's table for this stage: its ready replicas grouped by variant, with the decided shares."""
+    def route(self, protocol: Literal["grpc", "rest"] = "grpc") -> StageRoute:
+        """The router's table for this stage: its ready replicas grouped by variant, with the decided shares,
+        called over `protocol` (the graph's `transport`)."""
         groups: dict[str, list[ReplicaRoute]] = {}
         for r in self.replicas:
             if r.phase == "ready":
                 groups.setdefault(r.process.config.variant, []).append(
                     ReplicaRoute(id=r.process.id, url=r.process.url, batch_size=r.process.config.batch,
                                  grpc_port=r.process.grpc_port or None))
-        return StageRoute(model=self.name, groups=[RouteGroup(variant=v, load_share=self.shares.get(v, 0.0), replicas=rs)
+        return StageRoute(model=self.name, protocol=protocol, groups=[RouteGroup(variant=v, load_share=self.shares.get(v, 0.0), replicas=rs)
                                                  for v, rs in groups.items()])
