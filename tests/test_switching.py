@@ -188,3 +188,31 @@ def test_the_simulator_serves_the_old_variant_for_the_variants_switch_time() -> 
     assert np.isfinite(quick).any() and np.isfinite(slow).any()
     assert np.allclose(quick[np.isfinite(quick)], small)  # switched by 11 s
     assert np.allclose(slow[np.isfinite(slow)], medium)  # still switching: the old variant serves
+
+
+NLP = Path(__file__).parent.parent / "inference_graphs" / "nlp.yaml"
+
+
+def translation(decisions: list[Decision]) -> list[str]:
+    return ["+".join(sorted({g.variant for g in d.stage("nlp-trans").replicas})) for d in decisions]
+
+
+@pytest.mark.parametrize("policy", ["joint", "infadapter"])
+def test_a_sparse_load_does_not_flap_a_slow_switch_through_a_configuration_chosen_for_its_peak(policy: str) -> None:
+    # nlp's sparse load: the predicted peak swings between what the pipeline cannot carry (1 rps: a degraded
+    # large-batch decision, whose latency fails at any load) and 0, where the more accurate opus-mt-tc-big looks
+    # free. The hold-down must hold the variant in force (opus-mt-fr-en on another batch/cores), not let the
+    # switch through because the *configuration* in force fails at 0 (37 s on 0.5 core, 20.2 s back, each time)
+    spec = load_spec(NLP, require_profiles=True)
+    cfg = PolicyConfig.create(spec).with_settings(policy=policy)
+    peak, _ = decide(PolicyContext(now=0, predicted_load_rps=1.0), cfg)
+    assert peak.status == "degraded" and translation([peak]) == ["opus-mt-fr-en"]
+    quiet, _ = decide(PolicyContext(now=10, predicted_load_rps=0.0, current=peak), cfg)
+    assert quiet.status == "optimal"
+    assert translation([quiet]) == ["opus-mt-fr-en"]
+    assert any("switch hold" in n and "opus-mt-tc-big-fr-en" in n for n in quiet.notes)
+    sparse = run(cfg, [1.0, 0.0] * 8)
+    assert set(translation(sparse)) == {"opus-mt-fr-en"}
+    # a lasting quiet spell still switches, after ceil(2 * 18.47 / 0.5 / 10) = 8 intervals of wanting it
+    lasting = translation(run(cfg, [1.0] + [0.0] * 10))
+    assert lasting.index("opus-mt-tc-big-fr-en") == 1 + hold_intervals(18.47 / 0.5, 10.0, 2.0) - 1

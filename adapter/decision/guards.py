@@ -13,9 +13,11 @@ In order:
 5. variant-switch hold-down: a switch of a stage's variant that takes T seconds in place (profiles/switch.csv,
    `adapter.decision.switching`) is made once the same new variants have been wanted for
    ⌈`switch_payback`·T / interval⌉ intervals in a row, and it would have carried the highest per-second load seen
-   over the last `switch_payback`·T seconds (`observed_load_rps`, as far back as it goes); until then the decision
-   in force is kept, if it still meets every constraint at the new load (otherwise the switch is made at once).
-   The count lives in `PolicyState`.
+   over the last `switch_payback`·T seconds (`observed_load_rps`, as far back as it goes); until then the policy
+   decides again with those stages pinned to the variants they run (batch, cores and replicas still free), and
+   the switch is made at once only when no decision on the variants in force meets every constraint at the new
+   load. A switch within one interval's payback (ceil(payback·T / interval) = 1) is never held. The count lives
+   in `PolicyState`.
 6. ties: when the decision in force (made by the same policy), judged again at the new load, meets every
    constraint and scores as well as the new decision, it stays: an equally good deployment is not worth a cold start (without this, joint
    alternated between two half-core replicas and one one-core replica, interval after interval).
@@ -27,6 +29,7 @@ its status and predictions are those of what will actually run.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from adapter.decision.model import Decision, ReplicaGroup, StageDecision
@@ -43,9 +46,12 @@ def guarded(policy: Policy) -> Policy:
 
     def run(context: PolicyContext, config: PolicyConfig, state: PolicyState) -> tuple[Decision, PolicyState]:
         decision, state = policy(context, config, state)
-        decision = bound(decision, config)
-        decision = fit_budget(decision, config)
-        decision, state = hold_switch(decision, context, config, state)
+        decision = fit_budget(bound(decision, config), config)
+
+        def resolve(pinned: PolicyConfig) -> Decision:  # the policy's state from this interval's run is kept
+            return fit_budget(bound(policy(context, pinned, state)[0], pinned), pinned)
+
+        decision, state = hold_switch(decision, context, config, state, resolve)
         decision, state = hold_scale_down(decision, context, config, state)
         return keep_on_tie(decision, context, config), state
 
@@ -192,43 +198,55 @@ def _variants(decision: Decision) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(sorted({g.variant for g in s.replicas if g.count > 0})) for s in decision.stages)
 
 
+Resolve = Callable[[PolicyConfig], Decision]
+"""The guarded policy decided again under another config (the hold-down pins stages to the variants they run)."""
+
+
 def hold_switch(
-    decision: Decision, context: PolicyContext, config: PolicyConfig, state: PolicyState
+    decision: Decision, context: PolicyContext, config: PolicyConfig, state: PolicyState, resolve: Resolve
 ) -> tuple[Decision, PolicyState]:
-    """Guard 5: a slow variant switch is made only once it has been wanted for `switch_payback`·T seconds."""
+    """Guard 5: a slow variant switch is made only once it has been wanted for `switch_payback`·T seconds.
+
+    What is held is the switch, not the deployment: while it is held, the decision is the policy's own with the
+    slowly switching stages pinned to the variants they run (`resolve(config.pin(...))`), so batch, cores and
+    replicas still follow the load, and a free switch elsewhere is still made. The switch is made at once only
+    when no decision on the variants in force meets every constraint at the new load (not merely the
+    configuration in force: on a sparse load the predicted peak swings between 0 and what the pipeline cannot
+    carry, and a large-batch configuration chosen for the peak fails its latency at 0, which used to let every
+    slow switch through)."""
     current = context.current
-    target = _variants(decision)
     if current is None or [s.name for s in current.stages] != [s.name for s in decision.stages]:
         return decision, replace(state, switch_streak=0, switch_target=())
-    now = _variants(current)
-    costs = config.catalog.switch_costs
-    slowest, moves = 0.0, []
-    for s, old, new in zip(decision.stages, now, target, strict=True):
-        if old != new:
-            slowest = max([slowest, *(switch_seconds(costs, g.variant, g.cores) for g in s.replicas
-                                      if g.variant not in old)])
+    now, wanted = _variants(current), _variants(decision)
+    costs, interval, payback = config.catalog.switch_costs, config.spec.interval_s, config.settings.switch_payback
+    slowest, moves, pinned, target = 0.0, [], {}, []
+    for s, old, new in zip(decision.stages, now, wanted, strict=True):
+        t = max((switch_seconds(costs, g.variant, g.cores) for g in s.replicas if g.variant not in old), default=0.0)
+        slow = old != new and hold_intervals(t, interval, payback) > 1
+        target.append(new if slow else ())
+        if slow:
+            slowest = max(slowest, t)
             moves.append(f"{s.name} {'+'.join(old)} -> {'+'.join(new)}")
-    if not moves:
+            pinned[s.name] = old
+    if not moves:  # no switch, or only switches that pay for themselves within an interval
         return decision, replace(state, switch_streak=0, switch_target=())
-    need = hold_intervals(slowest, config.spec.interval_s, config.settings.switch_payback)
-    streak = state.switch_streak + 1 if state.switch_target == target else 1
-    counted = replace(state, switch_streak=streak, switch_target=target)
-    if need == 1:
-        return decision, counted
-    base = decision.model_copy(update={"load_rps": context.predicted_load_rps})
-    kept = rejudge(base, config, list(current.stages), [])
-    if kept.status != "optimal":
-        note = f"switch hold: the decision in force no longer meets the load; switching {', '.join(moves)} at once"
+    need = hold_intervals(slowest, interval, payback)
+    key = tuple(target)
+    streak = state.switch_streak + 1 if state.switch_target == key else 1
+    counted = replace(state, switch_streak=streak, switch_target=key)
+    held = resolve(config.pin(pinned))
+    if held.status != "optimal" or _variants(held) == wanted:
+        note = (f"switch hold: no decision on the variants in force meets the load; switching {', '.join(moves)} "
+                "at once")
         return decision.model_copy(update={"notes": [*decision.notes, note]}), counted
     # the gain must have held: the new decision would have carried the load seen over payback·T (what there is)
-    seen = context.observed_load_rps[-max(1, math.ceil(config.settings.switch_payback * slowest)):]
+    seen = context.observed_load_rps[-max(1, math.ceil(payback * slowest)):]
     peak = max(seen, default=0.0)
     if streak >= need and peak > decision.load_rps and rejudge(
         decision.model_copy(update={"load_rps": peak}), config, list(decision.stages), []
     ).status != "optimal":
         note = (f"switch hold: {', '.join(moves)} would not have carried the {peak:g} rps seen in the last "
                 f"{len(seen)} s; held")
-        streak = 0
         counted = replace(counted, switch_streak=0)
     elif streak >= need:
         note = f"switch hold: {', '.join(moves)} wanted {streak} intervals (switch {slowest:g} s); switching"
@@ -236,10 +254,10 @@ def hold_switch(
     else:
         note = (
             f"switch hold: {', '.join(moves)} takes {slowest:g} s in place; made after {need - streak} more "
-            f"interval{'s' if need - streak != 1 else ''} of wanting it (payback {config.settings.switch_payback:g})"
+            f"interval{'s' if need - streak != 1 else ''} of wanting it (payback {payback:g}); meanwhile "
+            "decided on the variants in force"
         )
-    held = kept.model_copy(update={"notes": [*decision.notes, note], "policy": decision.policy})
-    return held, counted
+    return held.model_copy(update={"notes": [*held.notes, note], "policy": decision.policy}), counted
 
 
 def keep_on_tie(decision: Decision, context: PolicyContext, config: PolicyConfig) -> Decision:

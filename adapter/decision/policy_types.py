@@ -120,6 +120,8 @@ class PolicyConfig:
     catalog: Catalog
     settings: PolicySettings = field(default_factory=PolicySettings)
     timer: Timer = time.perf_counter  # measures solve time and enforces the time limit, nothing else
+    pinned: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """per stage, the only variants its problems offer (the switch hold-down's re-solve; empty: none pinned)"""
 
     @classmethod
     def create(
@@ -143,6 +145,11 @@ class PolicyConfig:
         """The same spec and profiles with some settings changed (validated)."""
         settings = PolicySettings.model_validate({**self.settings.model_dump(), **changes})
         return replace(self, settings=settings)
+
+    def pin(self, variants: Mapping[str, Sequence[str]]) -> PolicyConfig:
+        """The same config with the named stages' problems narrowed to `variants` (per stage name): what the
+        policy decides when those stages keep the variants they run (adapter.decision.guards.hold_switch)."""
+        return replace(self, pinned={**self.pinned, **{k: tuple(v) for k, v in variants.items()}})
 
     @property
     def weights(self) -> Weights:
@@ -171,7 +178,15 @@ class PolicyConfig:
         core_grid: Mapping[str, Sequence[float]] | None = None,
         variants: Mapping[str, Sequence[str]] | None = None,
     ) -> Problem:
-        """The problem of this interval; `core_grid`/`variants` narrow (or widen) the option tables per stage."""
+        """The problem of this interval; `core_grid`/`variants` narrow (or widen) the option tables per stage,
+        and a pinned stage offers only its pinned variants (of those, where `variants` names the stage)."""
+        if self.pinned:
+            variants = dict(variants or {})
+            for stage in self.spec.stages:
+                if stage.name in self.pinned:
+                    offered = variants.get(stage.name) or [v.name for v in stage.variants]
+                    kept = [v for v in offered if v in self.pinned[stage.name]]
+                    variants[stage.name] = kept or list(offered)
         return self.catalog.problem(
             context.predicted_load_rps,
             slo_ms=self.slo_for(context),
