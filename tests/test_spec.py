@@ -135,6 +135,13 @@ def test_missing_profile_is_a_note_for_check_and_an_error_for_solving(
     assert f"`ipa profile {path} --stage only`" in err2[0]
 
 
+def test_spec_check_require_profiles_passes_for_every_shipped_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(GRAPHS) >= 6  # the six graphs of the issue (and the InfAdapter one)
+    assert main(["spec", "check", "--require-profiles", *map(str, GRAPHS)]) == 0
+    out = capsys.readouterr()
+    assert not [line for line in out.err.splitlines() if line.strip()], out.err
+
+
 @pytest.mark.parametrize("graph", GRAPHS, ids=[g.stem for g in GRAPHS])
 def test_shipped_spec_loads(graph: Path) -> None:
     spec = load_spec(graph)
