@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the trace, arrivals and simulator (default 0)")
     p.add_argument("--out", type=Path, default=d.out, help=f"report folder (default {d.out})")
     p.add_argument("--models", type=Path, default=d.models,
-                   help=f"where demo families are built, one folder per family (default {d.models})")
+                   help=f"where demo families are, one folder per family, built there when missing; a family already there is "
+                        f"used as it is, never written (default {d.models})")
     p.add_argument("--repository", action="append", default=[], metavar="STAGE=DIR",
                    help="serve a stage from this built model repository instead of its demo family (repeatable)")
     p.add_argument("--home", type=Path, help="where the cluster keeps its state (default $IPA_HOME or ./.ipa)")

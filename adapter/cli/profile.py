@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how requests reach the replica: V2 gRPC with raw tensors, as the router sends them "
                         "(default), or REST/JSON")
     m.add_argument("--models", type=Path, default=Path("build/models"),
-                   help="where demo families are built if missing (default build/models)")
+                   help="where demo families are, built there if missing; a family already there is used as it is, never "
+                        "written (default build/models)")
     m.add_argument("--out", type=Path, help="profile CSV to write (default: the stage's `profile`)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = p.add_argument_group("importing (ipa profile import-infadapter CSV --out PROFILE)")

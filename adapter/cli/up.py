@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, default=8080, help="the router's port: the V2 endpoint (default 8080)")
     up.add_argument("--adapter-port", type=int, default=8090, help="the adapter API's port (default 8090)")
     up.add_argument("--models", type=Path, default=Path("build/models"),
-                    help="where demo families are built, one folder per family (default build/models)")
+                    help="where demo families are, one folder per family, built there when missing; a family already there "
+                         "is used as it is, never written (default build/models)")
     up.add_argument("--prometheus", metavar="URL", help="read metrics from this Prometheus server (it must scrape "
                     "<home>/<pipeline>/prometheus-targets.json) instead of scraping the replicas directly")
     up.add_argument("--interval", type=float, help="seconds between decisions (default: the graph's interval_s)")

@@ -6,7 +6,8 @@
         up.api_url       # the adapter's REST API (OpenAPI at /docs); writes need up.token
         await up.wait()  # until cancelled (Ctrl-C / SIGTERM through `cancel_on_signals`)
 
-Entering: builds the demo models the stages' families need (`<models>/<family>`, kept when up to date), starts
+Entering: builds the demo models the stages' families need (`<models>/<family>`; a family already there is used
+as it is, never written, `zoo.served_family`), starts
 the router, the local cluster (or the dry-run executor), the monitor (direct scraping, or a Prometheus server),
 takes and applies the first decision (the policy's for a small load), serves the API, starts the loop, and
 writes `<IPA_HOME>/<pipeline>/up.json` (pid and URLs) for `ipa down`. Leaving stops all of it in reverse order:
@@ -67,7 +68,7 @@ class UpSettings:
     """the pipeline's token (default: the file `$IPA_TOKEN_FILE` names, `$IPA_TOKEN`, else a new one); it is kept
     in `<home>/<pipeline>/token` (mode 0600) for the replicas and the user, never logged"""
     models: Path = Path("build/models")
-    """where demo families are built: `<models>/<family>`"""
+    """where demo families are: `<models>/<family>`, built there when missing, never written when there"""
     repositories: Mapping[str, Path] = field(default_factory=dict)
     """per stage, a built model repository to use instead of `<models>/<family>`"""
     prometheus: str | None = None
@@ -81,9 +82,10 @@ class UpSettings:
 
 
 def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str], None] = print) -> dict[str, Path]:
-    """Per stage, its model repository: given in `settings.repositories`, else the stage's demo family built
-    (or kept, when up to date) in `<models>/<family>` with the variants the stages of that family use."""
-    from mlserver_ipa.zoo import FAMILIES, BuildArgumentError, build_repository
+    """Per stage, its model repository: given in `settings.repositories`, else the stage's demo family from
+    `<models>/<family>`: built there when it is not, read as it is when it is (`zoo.served_family`: never
+    written; an encoder variant without its ONNX export is served from the export cache)."""
+    from mlserver_ipa.zoo import FAMILIES, BuildArgumentError, ExportCache, served_family
 
     repos: dict[str, Path] = {}
     wanted: dict[str, set[str]] = {}
@@ -95,15 +97,21 @@ def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str]
                 raise UsageError(f"stage {stage.name!r}: unknown demo family {stage.family!r}; "
                                  f"known: {', '.join(FAMILIES)}")
             wanted.setdefault(stage.family, set()).update(v.name for v in stage.variants)
-            repos[stage.name] = settings.models / stage.family
+    served: dict[str, Path] = {}
+    try:
+        cache = ExportCache.from_environment()
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     for family, names in wanted.items():
         variants = [v for v in FAMILIES[family].variant_names if v in names]
         progress(f"ipa up: demo models {family} ({', '.join(variants)}) in {settings.models / family}")
         try:
-            build_repository(family, settings.models / family, variants,
-                             progress=lambda b: progress(f"  {b.name}: {'built' if b.rebuilt else 'up to date'}"))
+            served[family] = served_family(family, settings.models / family, variants, cache, progress)
         except BuildArgumentError as e:
             raise UsageError(f"demo family {family}: {e}") from e
+    for stage in spec.stages:
+        if stage.name not in repos and stage.family in served:
+            repos[stage.name] = served[stage.family]
     return repos
 
 

@@ -167,7 +167,7 @@ LIMIT_NAMES = {"cgroup1": "cgroup-v1", "cgroup2": "cgroup-v2", "affinity": "affi
 
 def prepare_models(spec: GraphSpec, stage: StageSpec, models_dir: Path) -> dict[str, Any]:
     """The stage's model-settings template (variant URIs absolute): the user's ONNX files (`model:`), or the demo
-    family, built into `models_dir/<family>` with `mlserver_ipa.zoo` when it is not there or out of date."""
+    family in `models_dir/<family>`, built there with `mlserver_ipa.zoo` when it is not there."""
     i = spec.stages.index(stage)
     if stage.family is None or all(v.model for v in stage.variants):
         for j, v in enumerate(stage.variants):
@@ -181,16 +181,14 @@ def prepare_models(spec: GraphSpec, stage: StageSpec, models_dir: Path) -> dict[
         raise SpecError(str(spec.source or "<spec>"), f"stages[{i}].family",
                         f"unknown demo family {stage.family!r}; known: {', '.join(sorted(zoo.FAMILIES))}")
 
-    def report(built: zoo.BuiltVariant) -> None:
-        if built.rebuilt:
-            print(f"built {built.path} ({built.seconds:.0f} s)", file=sys.stderr)
-
-    # Idempotent: files built from the same parameters are kept, so this is quick once the family is there.
+    # A family built in `models_dir` is used as it is (never written; an encoder variant without its ONNX export
+    # is served from the export cache); one not there is built there (`zoo.served_family`).
     try:
-        repo = zoo.build_repository(stage.family, models_dir / stage.family, progress=report)
-    except zoo.BuildArgumentError as e:
+        repo = zoo.served_family(stage.family, models_dir / stage.family, None, zoo.ExportCache.from_environment(),
+                                 progress=lambda line: print(line.strip(), file=sys.stderr))
+    except (zoo.BuildArgumentError, ValueError) as e:
         raise SpecError(str(spec.source or "<spec>"), f"stages[{i}].family", str(e)) from None
-    return stage_template(spec, stage, repo / zoo.FAMILIES[stage.family].name)
+    return stage_template(spec, stage, repo)
 
 
 async def profile_graph(

@@ -7,11 +7,15 @@
                          Hugging Face checkpoint folders
 
 `build_repository(family, out)` writes an MLServer model repository serving a family with
-`mlserver_ipa.runtime.VariantRuntime`. Latency of these models is real; their accuracy is the model card's.
+`mlserver_ipa.runtime.VariantRuntime`; `served_family(family, folder, variants, cache)` serves one from a folder
+without writing into a family built there (ONNX exports go to the `ExportCache`). Latency of these models is
+real; their accuracy is the model card's.
 """
 
+from mlserver_ipa.zoo.export_cache import ExportCache
 from mlserver_ipa.zoo.families import ONNX_FAMILIES, Family, ModelFamily, TensorSpec, Variant, variant_seed
 from mlserver_ipa.zoo.repository import BuildArgumentError, BuiltVariant, build_repository, model_settings
+from mlserver_ipa.zoo.served_family import served_family
 from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES, TransformersFamily
 from mlserver_ipa.zoo.verify import ModelCheckError, measure_latency, verify_model
 
@@ -26,6 +30,7 @@ __all__ = [
     "TransformersFamily",
     "BuildArgumentError",
     "BuiltVariant",
+    "ExportCache",
     "Family",
     "ModelCheckError",
     "TensorSpec",
@@ -33,6 +38,7 @@ __all__ = [
     "build_repository",
     "measure_latency",
     "model_settings",
+    "served_family",
     "variant_seed",
     "verify_model",
 ]

@@ -9,7 +9,8 @@ the model's logits by name (`onnx_encoder.LOGITS`). Before it is written, the ex
 model on two rows of different lengths and must agree with it (`ExportMismatch` otherwise).
 
 `ipa models build` exports every encoder variant it builds; `ipa models export-onnx FOLDER` exports a
-checkpoint a user brings.
+checkpoint a user brings; `ipa up`, `ipa demo` and `ipa profile` export a built family folder that has no export
+into the export cache (`export_cache`), never into the folder.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class ExportMismatch(ValueError):
     """The export does not compute what the PyTorch model computes: a bug in the exporter, not the user's input."""
 
 
-def export_encoder(folder: Path) -> Path:
-    """Export the encoder-only checkpoint in `folder` to `folder/model.onnx`; return its path."""
+def export_encoder(folder: Path, target: Path | None = None) -> Path:
+    """Export the encoder-only checkpoint in `folder` to `target` (default `folder/model.onnx`; the export cache
+    writes elsewhere, `export_cache`); return its path. Nothing is written beside `target` but the export."""
     import torch
     import transformers
     from onnxruntime.transformers.optimizer import optimize_model
@@ -70,8 +72,8 @@ def export_encoder(folder: Path) -> Path:
     args = tuple(torch.as_tensor(encoded[n]) for n in names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes.update({o: ({0: "batch", 1: "sequence"} if task == "question-answering" else {0: "batch"}) for o in outputs})
-    target = folder / ONNX_FILE
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    target = target if target is not None else folder / ONNX_FILE
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         raw = Path(tmp) / "raw.onnx"
         wrapper = Logits().eval()  # the exporter restores the wrapper's mode after: eval, so no dropout
         with torch.inference_mode(), warnings.catch_warnings():
