@@ -15,7 +15,8 @@ its bytes: config, tokenizer, weights), so a changed folder gets a new export an
 lies, the same one. The root is `$IPA_EXPORT_CACHE`, else `$XDG_CACHE_HOME/ipa/onnx`, else `~/.cache/ipa/onnx`.
 It holds at most `$IPA_EXPORT_CACHE_GB` (default 8: the full-size encoder families' exports are 4.1 GB) of
 exports: after an export, the least recently used entries go until it fits, never one this cache handed out
-(the replicas of this run serve them). An entry is made in a temporary folder and renamed into place, so a
+(the replicas of this run serve them). An export needs about 2.2 times the folder's size free on the cache's disk
+while it is made; without it `served` raises `NoRoom` and the variant is served as it is, in PyTorch. An entry is made in a temporary folder and renamed into place, so a
 crash or a second process never leaves half of one.
 """
 
@@ -35,8 +36,14 @@ LIMIT_ENV = "IPA_EXPORT_CACHE_GB"
 DEFAULT_LIMIT_GB = 8.0
 USED_FILE = ".used"
 HASHES_FILE = "hashes.json"
+ROOM_FACTOR = 2.2
+"""Free disk an export needs, in multiples of the folder's size: the traced graph and its fused copy, briefly."""
 OURS = frozenset({ONNX_FILE, EXECUTION_FILE})
 """Files of a folder an entry makes itself (not linked, not in the key)."""
+
+
+class NoRoom(OSError):
+    """The cache's disk has not the room an export needs: the folder is then served as it is (PyTorch)."""
 
 
 def default_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -83,6 +90,12 @@ class ExportCache:
         its bound, sparing every entry this cache handed out)."""
         entry = self.root / self.key(folder)
         if not (entry / ONNX_FILE).is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            need = ROOM_FACTOR * sum(f.stat().st_size for f in _source_files(folder))
+            free = shutil.disk_usage(self.root).free
+            if free < need:
+                raise NoRoom(f"no room for the ONNX export of {folder} in {self.root}: it needs about "
+                             f"{need / 1e9:.1f} GB free, there are {free / 1e9:.1f} GB")
             self._make(folder, entry)
             self._handed_out.add(entry)
             self.trim()

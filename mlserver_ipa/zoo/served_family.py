@@ -11,7 +11,8 @@ What `ipa up`, `ipa demo` and `ipa profile` call for a stage whose variants come
   how to add it. An encoder-only variant (its family served by onnxruntime) whose folder has neither a
   `model.onnx` nor an `execution.json` (built before the exports, or by hand) is served from the export cache
   (`export_cache`): its model-settings.json is then written into the cache with that variant's `uri` pointing
-  at the cache entry, and that file is the repository returned.
+  at the cache entry, and that file is the repository returned. Where the cache's disk has no room for the
+  export, the variant is served as it is, in PyTorch, and the progress line says why.
 
 A checkpoint folder a graph names itself (`model: /path/to/folder`) never comes here: it is served unchanged.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mlserver_ipa.onnx_encoder import EXECUTION_FILE, ONNX_FILE
-from mlserver_ipa.zoo.export_cache import ExportCache
+from mlserver_ipa.zoo.export_cache import ExportCache, NoRoom
 from mlserver_ipa.zoo.families import ONNX_FAMILIES
 from mlserver_ipa.zoo.repository import BuildArgumentError, BuiltVariant, build_repository
 from mlserver_ipa.zoo.transformers_families import TRANSFORMERS_FAMILIES
@@ -69,8 +70,11 @@ def served_family(family: str, folder: Path, variants: Sequence[str] | None, cac
         if getattr(fam, "backend", None) != "onnxruntime" or exported:
             what = f"as built in {source}"
         else:  # an encoder variant without its export: the cache's, never one written beside the weights
-            listed[n]["uri"] = str(cache.served(source))
-            what, redirected = f"from the export cache, {listed[n]['uri']} (no model.onnx in {source})", True
+            try:
+                listed[n]["uri"] = str(cache.served(source))
+                what, redirected = f"from the export cache, {listed[n]['uri']} (no model.onnx in {source})", True
+            except NoRoom as e:
+                what = f"as built in {source}, in PyTorch ({e})"
         if progress is not None:
             progress(f"  {n}: served {what}")
     if not redirected:
