@@ -4,7 +4,7 @@
                                               [--threads 1] [--batches 1,2,4,8] [--rounds 3] [--block-s 4] [--tiny]
 
 Per family (its first variant, served by the backend its folder records: onnxruntime for the encoder-only
-families, exported first into a linked copy when the build has no export; PyTorch for seq2seq), on the inputs
+families, from the export cache as `ipa up` serves it when the build has no export; PyTorch for seq2seq), on the inputs
 `ipa load` sends it (speech, sentences with a question, French paragraphs, documents):
 
 - direct: the same session class the runtime uses (`TransformersSession.run_sync`, tokeniser and answer
@@ -12,13 +12,17 @@ families, exported first into a linked copy when the build has no export; PyTorc
   server is (its own session: with the kernel's autogroup scheduling, a process in the benchmark's session would
   get another share of a loaded machine than the server does): `b` one-row requests per call, as the runtime
   hands a batch of `b` requests over;
-- runtime: a real `mlserver start` serving the family, `b` closed-loop V2 clients (REST/JSON, one row per
-  request), batch size `b` and a batch window of a tenth of the batch's direct call time (at least 50 ms) set
-  through the control endpoint (the runtime forms the batches);
-- interleaved: each round measures direct then runtime (alternating which goes first) for `--block-s`
-  seconds each, at batch 1 and at the family's best batch (the `--batches` size with the most rows per second
-  direct, measured first), so machine load affects both alike. It prints rows per second of both (median over
-  rounds), the ratio runtime/direct per round (median and min-max), and the load average before and after.
+- runtime: a replica as the pipeline starts one (`python -m mlserver_ipa.server`) serving the family, batch size
+  `b` and a batch window of a tenth of the batch's direct call time (at least 50 ms) set through the control
+  endpoint (the runtime forms the batches), called one row per request over two paths: **gRPC** with raw tensor
+  contents (the hop the pipeline's router makes, `mlserver_ipa.grpc_hop`; messages made once) by `b` closed-loop
+  clients and by `2b` (so a batch's requests are queued while the one before runs, as under load), and
+  **REST/JSON** by `b` closed-loop clients;
+- interleaved: each round measures direct and the three runtime paths one after another (the order rotating
+  from round to round) for `--block-s` seconds each, at batch 1 and at the family's best batch (the
+  `--batches` size with the most rows per second direct, measured first), so machine load affects all alike.
+  It prints rows per second of each (median over rounds), each runtime path's ratio to direct per round (median
+  and min-max), a direct call's and a runtime batch's time, rows per runtime batch, and the load average.
 
 With `--switch RUNS` only the switch is measured, properly: the family's variants in turn, each switched to RUNS
 times while `--batch` closed-loop clients keep sending; per switch the time the runtime reports, the failed
@@ -41,6 +45,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,11 +170,70 @@ async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list
     return ok / (time.perf_counter() - t0), failed
 
 
+def grpc_messages(model: str, bodies: list[bytes]) -> list:  # type: ignore[type-arg]
+    """The request bodies as V2 gRPC `ModelInferRequest`s with raw tensor contents, made once (what the router's
+    hop sends a replica, `mlserver_ipa.grpc_hop`)."""
+    from mlserver_ipa.v2_proto import params_to_pb, pb
+    from mlserver_ipa.wire_tensors import fill_pb_inputs
+
+    out = []
+    for raw in bodies:
+        body = json.loads(raw)
+        message = pb.ModelInferRequest(model_name=model)
+        params_to_pb(message.parameters, body.get("parameters") or {})
+        fill_pb_inputs(message, body["inputs"])
+        out.append(message)
+    return out
+
+
+async def grpc_block(stub, messages: list, clients: int, seconds: float,  # type: ignore[no-untyped-def,type-arg]
+                     service_ms: list[tuple[float, int]] | None = None) -> tuple[float, int]:
+    """As `runtime_block`, over the replica's V2 gRPC port with raw contents (the pipeline's hop)."""
+    import grpc
+
+    from mlserver_ipa.v2_proto import params_from_pb
+
+    ok = failed = 0
+    batches: set[int] = set()
+    t0 = time.perf_counter()
+
+    async def client(i: int) -> None:
+        nonlocal ok, failed
+        while time.perf_counter() - t0 < seconds or ok < 2 * clients:
+            try:
+                response = await stub.ModelInfer(messages[i % len(messages)], timeout=600)
+            except grpc.aio.AioRpcError as e:
+                failed += 1
+                if failed > 100:
+                    raise RuntimeError(f"gRPC: {e.code().name} {e.details()}") from e
+                continue
+            finally:
+                i += 1
+            ok += 1
+            params = params_from_pb(response.parameters)
+            if service_ms is not None and params["batch_id"] not in batches:
+                batches.add(params["batch_id"])
+                service_ms.append((params["service_ms"], params["batch_size"]))
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return ok / (time.perf_counter() - t0), failed
+
+
+PATHS = ("direct", "grpc", "grpc-2b", "rest")
+"""direct; gRPC with `b` closed-loop clients and with `2b` (a queue that always holds the next batch); REST/JSON
+with `b` clients."""
+
+
 async def interleaved(server: Server, model: str, direct: Direct, bodies: list[bytes], batches: list[int],
-                      rounds: int, seconds: float) -> tuple[int, dict[int, list[tuple[float, float]]], int,
-                                                            dict[int, tuple[float, float, float]]]:
-    """(best batch, {batch: [(direct, runtime) rows per second per round]}, failed requests, {batch: (median ms
-    of a direct call, median service ms of a runtime batch, mean rows per runtime batch)}: where the time goes)."""
+                      rounds: int, seconds: float) -> tuple[int, dict[int, list[dict[str, float]]], int,
+                                                            dict[int, dict[str, tuple[float, float]]]]:
+    """(best batch, {batch: per round {path: rows per second}}, failed requests, {batch: {path: (median ms of a
+    direct call or of a runtime batch's service time, mean rows per batch)}}: where the time goes). Per round
+    the paths (`PATHS`) go in a rotating order."""
+    import grpc
+
+    from mlserver_ipa.v2_proto import Stub, channel_options
+
     auth = {"authorization": f"Bearer {server.token}"}
     control = f"{server.url}/v2/models/{model}/control"
     for b in batches:  # warm-up: every input length once at every batch size
@@ -177,9 +241,12 @@ async def interleaved(server: Server, model: str, direct: Direct, bodies: list[b
     probed = {b: direct.block(b, seconds / 2) for b in batches}
     best = max(batches, key=lambda b: probed[b])
     points = sorted({1, best})
-    out: dict[int, list[tuple[float, float]]] = {b: [] for b in points}
-    calls: dict[int, tuple[list[float], list[tuple[float, int]]]] = {b: ([], []) for b in points}
+    out: dict[int, list[dict[str, float]]] = {b: [] for b in points}
+    calls: dict[int, dict[str, list[tuple[float, int]]]] = {b: {p: [] for p in PATHS} for b in points}
     failed = 0
+    messages = grpc_messages(model, bodies)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=channel_options(64 << 20))
+    stub = Stub(channel)
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as c:
         async def configure(b: int) -> None:
             # the window lets a batch fill while its requests are still being decoded (8 speech requests in
@@ -188,20 +255,31 @@ async def interleaved(server: Server, model: str, direct: Direct, bodies: list[b
             r = await c.post(control, json={"batch_size": b, "max_batch_time_ms": round(window, 1)}, headers=auth)
             r.raise_for_status()
             await runtime_block(c, server.url, model, bodies, b, 0.0)  # warm-up at this batch size
+            await grpc_block(stub, messages, b, 0.0)
+
+        async def measure(path: str, b: int) -> float:
+            nonlocal failed
+            if path == "direct":
+                ms: list[float] = []
+                rate = direct.block(b, seconds, ms)
+                calls[b][path].extend((m, b) for m in ms)
+                return rate
+            if path == "rest":
+                rate, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][path])
+            else:
+                clients = 2 * b if path == "grpc-2b" else b
+                rate, f = await grpc_block(stub, messages, clients, seconds, calls[b][path])
+            failed += f
+            return rate
 
         for r in range(rounds):
             for b in points:
                 await configure(b)
-                runtime_first = r % 2 == 1
-                if runtime_first:
-                    rt, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][1])
-                d = direct.block(b, seconds, calls[b][0])
-                if not runtime_first:
-                    rt, f = await runtime_block(c, server.url, model, bodies, b, seconds, calls[b][1])
-                failed += f
-                out[b].append((d, rt))
-    return best, out, failed, {b: (statistics.median(d), statistics.median(ms for ms, _ in s),
-                                   statistics.mean(rows for _, rows in s)) for b, (d, s) in calls.items()}
+                order = PATHS[r % len(PATHS):] + PATHS[:r % len(PATHS)]
+                out[b].append({path: await measure(path, b) for path in order})
+    await channel.close()
+    return best, out, failed, {b: {p: (statistics.median(ms for ms, _ in got), statistics.mean(n for _, n in got))
+                                   for p, got in per.items()} for b, per in calls.items()}
 
 
 async def switching(server: Server, model: str, bodies: list[bytes], batch: int, variants: list[str],
@@ -256,7 +334,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block-s", type=float, default=4.0, help="seconds per measurement block")
     parser.add_argument("--exports", type=Path,
-                        help="keep the ONNX exports of read-only builds here, for the next run (default: a temporary folder)")
+                        help="the export cache for builds without ONNX exports (default: ipa up's, $IPA_EXPORT_CACHE or "
+                             "$XDG_CACHE_HOME/ipa/onnx)")
     parser.add_argument("--tiny", action="store_true", help="build tiny configurations in a temporary folder")
     parser.add_argument("--switch", type=int, default=0, metavar="RUNS",
                         help="measure only the switch: every variant switched to RUNS times under load")
@@ -272,77 +351,80 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ipa-bench-tf-"))
     batches = [int(b) for b in args.batches.split(",")]
     print(f"runtime vs direct: {args.threads} thread(s), {args.rounds} interleaved rounds of {args.block_s:g} s per "
-          f"point, best batch of {batches}; rows per second (median over rounds); load average {load_avg()}")
-    print(f"{'family':<16} {'variant':<24} {'backend':<11} {'batch':>5} {'direct':>8} {'runtime':>8} "
-          f"{'ratio':>5} {'min-max':>10} {'failed':>6} {'call ms':>8} {'serve ms':>8} {'rows':>5}  load avg")
+          f"path and point, best batch of {batches}; rows per second (median over rounds); load average "
+          f"{load_avg()}")
+    print(f"{'family':<16} {'variant':<22} {'backend':<11} {'batch':>5} {'direct':>7} {'grpc':>7} {'grpc2b':>7} "
+          f"{'rest':>7} {'grpc/direct':>16} {'grpc-2b/direct':>16} {'rest/direct':>16} {'fail':>4} "
+          f"{'ms d/g/g2/r':>22} {'rows g/g2/r':>14}  load avg")
     for family in args.families.split(","):
         fam = TRANSFORMERS_FAMILIES[family]
         first = fam.variant_names[0]
         if args.tiny:
             build_repository(family, tmp / "tiny", [first], tiny=True)
-            folder = tmp / "tiny" / family
+            settings_file = tmp / "tiny" / family / "model-settings.json"
         else:
-            folder = with_backend(args.models / family / family, fam, first, (args.exports or tmp / "linked") / family)
+            settings_file = served(args.models, family, first, args.exports)
         kind, question = KINDS[family]
         p = payload(kind, question=question)
         bodies = [p.body({}, i) for i in range(len(p.alternatives))]
-        direct = Direct(folder / first, first, args.threads, bodies)
-        server = serve(folder, family, args.threads, tmp)
+        direct = Direct(variant_folder(settings_file, first), first, args.threads, bodies)
+        server = serve(settings_file, family, args.threads, tmp)
         try:
             server.wait_ready([family], timeout=900)
-            best, points, failed, call_ms = asyncio.run(interleaved(server, family, direct, bodies, batches,
-                                                                    args.rounds, args.block_s))
+            best, points, failed, where = asyncio.run(interleaved(server, family, direct, bodies, batches,
+                                                                  args.rounds, args.block_s))
         finally:
             server.stop()
             direct.close()
         for b, runs in points.items():
-            ratios = [rt / d for d, rt in runs]
-            print(f"{family:<16} {first:<24} {direct.backend:<11} {b:>4}{'*' if b == best else ' '} "
-                  f"{statistics.median(d for d, _ in runs):>8.2f} {statistics.median(rt for _, rt in runs):>8.2f} "
-                  f"{statistics.median(ratios):>5.2f} {min(ratios):>4.2f}-{max(ratios):<5.2f} {failed:>6} "
-                  f"{call_ms[b][0]:>8.1f} {call_ms[b][1]:>8.1f} {call_ms[b][2]:>5.1f}  {load_avg()}", flush=True)
-    print("* the family's best batch (most rows per second direct); call ms: one direct call (median); serve ms: "
-          "the runtime's service time of one batch as it reports it (median); rows: rows per runtime batch (mean)")
+            med = {path: statistics.median(run[path] for run in runs) for path in PATHS}
+            ratio = {path: [run[path] / run["direct"] for run in runs] for path in PATHS[1:]}
+            shown = {path: f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for path, v in ratio.items()}
+            ms = "/".join(f"{where[b][path][0]:.0f}" if where[b][path][0] >= 100 else f"{where[b][path][0]:.1f}"
+                          for path in PATHS)
+            rows = "/".join(f"{where[b][path][1]:.1f}" for path in PATHS[1:])
+            print(f"{family:<16} {first:<22} {direct.backend:<11} {b:>4}{'*' if b == best else ' '} "
+                  f"{med['direct']:>7.2f} {med['grpc']:>7.2f} {med['grpc-2b']:>7.2f} {med['rest']:>7.2f} "
+                  f"{shown['grpc']:>16} {shown['grpc-2b']:>16} {shown['rest']:>16} {failed:>4} {ms:>22} {rows:>14}"
+                  f"  {load_avg()}", flush=True)
+    print("* the family's best batch (most rows per second direct); ratios: median (min-max) over rounds of the "
+          "runtime's rows per second / direct's in the same round; ms: one direct call, and the runtime's service "
+          "time of one batch as it reports it (medians); rows: rows per runtime batch (mean); grpc-2b: 2b clients")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def with_backend(built: Path, fam, variant: str, into: Path) -> Path:  # type: ignore[no-untyped-def]
-    """`built` itself when `variant` there already has its family's backend; otherwise a copy of the model
-    folder whose `variant` links to the built files and gains the ONNX export (builds may be read-only)."""
-    from mlserver_ipa.onnx_encoder import ONNX_FILE
-    from mlserver_ipa.zoo.onnx_export import export_encoder
+def served(models: Path, family: str, variant: str, exports: Path | None) -> Path:
+    """The model-settings.json serving `variant` of the family built in `models/<family>` as `ipa up` serves it
+    (`zoo.served_family`: the build read as it is; an encoder variant without its export is served from the
+    export cache, `exports` or ipa up's own)."""
+    from mlserver_ipa.zoo import ExportCache, served_family
 
-    if fam.backend != "onnxruntime" or (built / variant / ONNX_FILE).is_file():
-        return built
-    if (into / variant / ONNX_FILE).is_file():  # exported by an earlier run (--exports)
-        return into
-    shutil.rmtree(into, ignore_errors=True)
-    into.mkdir(parents=True)
-    shutil.copy(built / "model-settings.json", into / "model-settings.json")
-    settings = json.loads((into / "model-settings.json").read_text())
-    for v in settings["parameters"]["extra"]["variants"]:
-        v["uri"] = str((built / v["uri"]).resolve()) if v["name"] != variant else v["uri"]
-    (into / "model-settings.json").write_text(json.dumps(settings))
-    (into / variant).mkdir()
-    for f in (built / variant).iterdir():
-        if f.is_file():
-            (into / variant / f.name).symlink_to(f.resolve())
+    cache = ExportCache.from_environment() if exports is None else ExportCache(exports, 20 * 10**9)
     t0 = time.perf_counter()
-    export_encoder(into / variant)
-    print(f"  ({variant}: exported to ONNX in {time.perf_counter() - t0:.0f} s; load average {load_avg()})", flush=True)
-    return into
+    repo = served_family(family, models / family, [variant], cache)
+    if repo.is_file():
+        print(f"  ({family}: {variant} from the export cache {cache.root}, {time.perf_counter() - t0:.0f} s; load "
+              f"average {load_avg()})", flush=True)
+    return repo if repo.is_file() else repo / "model-settings.json"
 
 
-def serve(folder: Path, family: str, threads: int, tmp: Path) -> Server:
-    """`mlserver start` serving the family's built folder with `threads` intra-op threads."""
+def variant_folder(settings_file: Path, variant: str) -> Path:
+    settings = json.loads(settings_file.read_text())
+    uri = next(v["uri"] for v in settings["parameters"]["extra"]["variants"] if v["name"] == variant)
+    return (settings_file.parent / uri).resolve()
+
+
+def serve(settings_file: Path, family: str, threads: int, tmp: Path) -> Server:
+    """A replica as the pipeline starts one (`python -m mlserver_ipa.server`: MLServer's REST with our guards, our
+    V2 gRPC servicer) serving the family's model-settings.json with `threads` intra-op threads."""
     repo = tmp / f"repo-{family}"
     (repo / family).mkdir(parents=True, exist_ok=True)
-    settings = json.loads((folder / "model-settings.json").read_text())
+    settings = json.loads(settings_file.read_text())
     for v in settings["parameters"]["extra"]["variants"]:
-        v["uri"] = str((folder / v["uri"]).resolve())
+        v["uri"] = str((settings_file.parent / v["uri"]).resolve())
     settings["parameters"]["extra"].update(threads=threads)
     (repo / family / "model-settings.json").write_text(json.dumps(settings))
-    return Server(repo, None, tmp / f"{family}.log")
+    return Server(repo, None, tmp / f"{family}.log", command=[sys.executable, "-m", "mlserver_ipa.server"])
 
 
 def switch_main(args: argparse.Namespace) -> None:
@@ -367,7 +449,7 @@ def switch_main(args: argparse.Namespace) -> None:
         kind, question = KINDS[family]
         p = payload(kind, question=question)
         bodies = [p.body({}, i) for i in range(len(p.alternatives))]
-        server = serve(folder, family, args.threads, tmp)
+        server = serve(folder / "model-settings.json", family, args.threads, tmp)
         try:
             server.wait_ready([family], timeout=600)
             got = asyncio.run(switching(server, family, bodies, args.batch, list(fam.variant_names), args.switch))
