@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,7 @@ async def main() -> None:
             await channel.close()
     finally:
         replica.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
     print(f"{args.variant}, one {args.resolution}x{args.resolution} image per request, batch 1, "
           f"{args.concurrency} closed-loop clients, {args.rounds} rounds x {args.requests} requests per way, "

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -33,9 +35,9 @@ import httpx
 import numpy as np
 
 from adapter.control.monitor import DirectSource
-from adapter.control.router_process import RouterProcess
+from adapter.control.router_process import NICE, RouterProcess
 from adapter.executors.cgroups import detect_cpu_controller
-from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load
+from adapter.workloads.loadgen import LoadPlan, RequestRecord, V2Payload, run_load, write_records_csv
 from mlserver_ipa.auth import write_token_file
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, StageRoute
 
@@ -169,13 +171,14 @@ async def main() -> None:
                         help="the replica's CPU limit, as the local cluster sets it (cgroup quota; default "
                              "%(default)s): the rest of the machine is the router's and the load generator's")
     parser.add_argument("--capacity-s", type=float, default=15.0, help="length of the capacity measurement")
+    parser.add_argument("--records", type=Path, help="write every request's record here (CSV)")
     parser.add_argument("--hop", choices=("grpc", "rest"), default="grpc",
                         help="how the router calls the replica (default %(default)s, as `ipa up` routes)")
     parser.add_argument("--nominal-rps", type=float, help="the nominal load (default: 60 %% of the capacity measured)")
-    parser.add_argument("--generator-nice", type=int, default=None,
-                        help="run the load generator at this niceness (e.g. the router's -5): on a loaded machine a "
-                             "generator at its share of the CPU sends late, and what it scheduled never reaches the "
-                             "wire on time")
+    parser.add_argument("--generator-nice", type=int, default=NICE,
+                        help="run the load generator at this niceness, its autogroup's too (default the router's, "
+                             "%(default)s): it stands in for clients on other machines, and at its share of a loaded "
+                             "2-core machine it sends late and reads its answers late")
     parser.add_argument("--monitor", metavar="METRICS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--monitor-start", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--monitor-ends", help=argparse.SUPPRESS)
@@ -216,8 +219,10 @@ async def main() -> None:
             cpu_task = asyncio.create_task(cpu_at(start_epoch, ends, {"router": router.proc.pid,
                                                                       "generator": os.getpid()}))
             await asyncio.sleep(max(0.0, start_epoch - 0.05 - time.time()))  # run_load leads by 0.05 s
-            if args.generator_nice is not None:  # this process only: the replica, router and monitor keep theirs
+            # This process only (the monitor started before): the replica and router keep theirs.
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, 0, args.generator_nice)
+                Path("/proc/self/autogroup").write_text(str(args.generator_nice))
             records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
                                      absolute_deadlines=args.absolute)
             read = await reading
@@ -227,7 +232,10 @@ async def main() -> None:
             counters = await router_counters(router.url)
     finally:
         replica.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
         limit.remove()
+    if args.records:
+        write_records_csv(records, args.records)
     r = phases(records, args.calm_s, args.burst_s, args.slo_ms)
     print(f"replica {args.variant} batch {args.batch} on {args.replica_cores:g} core ({limit.kind}), {args.hop} hop, SLO {args.slo_ms:g} ms; capacity within SLO {cap:.1f} rps; "
           f"nominal {nominal:.1f} rps, burst {3 * nominal:.1f} rps for {args.burst_s:g} s; {len(records)} requests")

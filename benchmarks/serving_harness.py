@@ -32,7 +32,14 @@ def model_repository(models: Path, variant: str, out: Path, *, batch: int = 1,
     when given), and its model name."""
     import shutil
 
-    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"))
+    def link_or_copy(src: str, dst: str) -> None:  # the weights are linked (a copy was 625 MB per run)
+        if src.endswith(".json"):
+            shutil.copy2(src, dst)  # rewritten below: never through a link into the family's folder
+        else:
+            os.symlink(os.path.abspath(src), dst)
+
+    shutil.copytree(models, out, symlinks=True, ignore=shutil.ignore_patterns("settings.json"),
+                    copy_function=link_or_copy)
     settings_file = next(out.rglob("model-settings.json"))
     settings = json.loads(settings_file.read_text())
     extra = {"active": variant, "batch_size": batch}

@@ -11,11 +11,14 @@ with a free slot); when none has one it waits here:
 
 - in a `DeadlineQueue` (priority class, then earliest deadline first), bounded at `queue_per_slot` requests per
   slot of the stage (at least `min_queue`): when it is full, the least urgent request is answered 503 at once;
-- for as long as its deadline allows and no longer: a request that, by the stage's measured call time `L` and
-  the `k` requests ahead of it, cannot start in time to finish before its deadline (`now + (k + 1) / slots * L
-  + L > deadline`: every slot turns over once per call) is answered 504 at once (shed in milliseconds, not at
-  its deadline); one still waiting at its deadline is answered 504 then;
-- a slot that frees goes to the most urgent waiting request, taken for it (a newcomer cannot take it first).
+- for as long as its deadline allows and no longer: a request that, by the stage's call time `L` (measured:
+  mean plus two mean deviations, as replicas plan) and the `k` requests ahead of it, cannot start in time to
+  finish before its deadline (`now + (k + 1) / slots * L + L > deadline`: every slot turns over once per call)
+  is answered 504 at once (shed in milliseconds, not at its deadline); one still waiting at its deadline is
+  answered 504 then;
+- a slot that frees goes to the most urgent waiting request, taken for it (a newcomer cannot take it first),
+  unless what is left of its deadline is shorter than `L`: it is answered 504 there and then, not sent to
+  a replica that would refuse it (or serve it late) while the slot could serve a request that makes it.
 
 Time is an input (`clock`): deadlines here are on the router's monotonic clock.
 """
@@ -27,6 +30,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from mlserver_ipa.batching import ServiceTimes
 from mlserver_ipa.queueing import DeadlineQueue
 from mlserver_ipa.route_table import Pick, RouteTable
 
@@ -58,6 +62,11 @@ class DispatchSettings:
     """Longest wait for a slot of a request without a deadline (then 504)."""
     ewma_alpha: float = 0.1
     """Weight of the newest call in the stage's measured call time."""
+    call_deviations: float = 2.0
+    """The call time planned with: its mean plus this many mean deviations (as a replica plans its batches,
+    `batching.ServiceTimes`). With the mean alone the router admitted requests to finish exactly at their
+    deadline; the replica, planning with its slow tail, then refused them after their wait here (a third of the
+    calls under a 3x burst)."""
 
 
 @dataclass
@@ -77,8 +86,14 @@ class StageDispatch:
         self.settings = settings
         self.clock = clock
         self.queue: DeadlineQueue[_Waiter] = DeadlineQueue(settings.min_queue, clock)
-        self.call_time: float | None = None
-        """Measured seconds of one call to a replica of this stage (EWMA of answered calls)."""
+        self._calls = ServiceTimes(alpha=settings.ewma_alpha, min_samples=1, deviations=settings.call_deviations)
+        self._observed = False
+
+    @property
+    def call_time(self) -> float | None:
+        """Seconds one call to a replica of this stage is planned to take (answered calls: EWMA mean plus
+        `call_deviations` mean deviations); None before the first."""
+        return self._calls.estimate(self.stage, 1) if self._observed else None
 
     def limit(self, replica_id: str) -> int:
         batch = self.table.batch_size_of(self.stage, replica_id)
@@ -112,8 +127,8 @@ class StageDispatch:
         self.wake()
 
     def observe(self, seconds: float) -> None:
-        a = self.settings.ewma_alpha
-        self.call_time = seconds if self.call_time is None else self.call_time + a * (seconds - self.call_time)
+        self._calls.observe(self.stage, 1, seconds)
+        self._observed = True
 
     def wake(self) -> None:
         """Hand the free slots to the most urgent waiting requests, each its slot taken for it (a call ended or
@@ -130,6 +145,13 @@ class StageDispatch:
             if head.deadline <= now:
                 self.queue.pop()
                 waiter.future.set_exception(Shed(504, self._late(now - head.deadline)))
+                continue
+            call = self.call_time
+            if call is not None and now + call > head.deadline:  # it waited here too long to make it: not sent
+                self.queue.pop()
+                waiter.future.set_exception(Shed(504, f"deadline cannot be met at stage {self.stage!r}: "
+                                                      f"{(head.deadline - now) * 1000:.1f} ms left after its wait, "
+                                                      f"a call takes {call * 1000:.1f} ms"))
                 continue
             # A retry avoids the replicas that failed it, unless only they have a slot.
             pick = self._take(waiter.exclude) or (self._take(()) if waiter.exclude else None)

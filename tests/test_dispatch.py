@@ -116,3 +116,32 @@ async def test_new_slots_wake_as_many_waiters_and_a_stage_without_replicas_keeps
     d.wake()
     pick = await pending.pop()
     assert pick is not None and pick.replica.id == "r9"
+
+
+async def test_the_call_time_is_planned_with_its_slow_tail() -> None:
+    d = dispatch()
+    assert d.call_time is None
+    d.observe(0.1)
+    d.observe(0.3)  # mean 0.12, mean deviation 0.02 (EWMA, weight 0.1)
+    assert d.call_time == pytest.approx(0.12 + 2 * 0.02)
+
+
+async def test_a_waiter_that_can_no_longer_make_it_is_shed_when_its_slot_comes_not_sent() -> None:
+    now = [100.0]
+    table = RouteTable(["s"])
+    table.set_route("s", StageRoute(model="m", groups=[RouteGroup(variant="v", replicas=[
+        ReplicaRoute(id="r0", url="http://127.0.0.1:9000", batch_size=1)])]))
+    d = StageDispatch(table, "s", DispatchSettings(in_flight_per_batch=1, min_in_flight=1), lambda: now[0])
+    d.observe(0.5)
+    first = await d.acquire(now[0] + 10, 0)
+    assert first is not None
+    waiter = asyncio.create_task(d.acquire(now[0] + 2.0, 0))  # admitted: a slot in 0.5 s, done by 1.0 s
+    await asyncio.sleep(0)
+    assert len(d.queue) == 1
+    now[0] += 1.8  # its slot comes late: 0.2 s left, a call takes 0.5 s
+    d.release(first)
+    with pytest.raises(Shed) as shed:
+        await waiter
+    assert shed.value.status == 504 and "after its wait" in str(shed.value)
+    assert table.outstanding.get("r0", 0) == 0  # the slot was not taken for it
+    assert await d.acquire(now[0] + 10, 0) is not None  # and the next request gets it
