@@ -87,13 +87,18 @@ class StageDispatch:
         self.clock = clock
         self.queue: DeadlineQueue[_Waiter] = DeadlineQueue(settings.min_queue, clock)
         self._calls = ServiceTimes(alpha=settings.ewma_alpha, min_samples=1, deviations=settings.call_deviations)
-        self._observed = False
+        self._observed: set[tuple[str, int | None]] = set()
 
     @property
     def call_time(self) -> float | None:
-        """Seconds one call to a replica of this stage is planned to take (answered calls: EWMA mean plus
-        `call_deviations` mean deviations); None before the first."""
-        return self._calls.estimate(self.stage, 1) if self._observed else None
+        """Seconds one call to a replica of this stage is planned to take: per (variant, batch size) the stage
+        routes to now (answered calls: EWMA mean plus `call_deviations` mean deviations), the slowest; None while
+        one of them has not answered yet (just switched in: the replica, which knows its own speed, decides
+        alone). One average over them all kept planning a fast variant with the slow one it replaced."""
+        configs = self.table.configs(self.stage)
+        if not configs or not configs <= self._observed:
+            return None
+        return max(self._calls.estimate(c, 1) for c in configs)
 
     def limit(self, replica_id: str) -> int:
         batch = self.table.batch_size_of(self.stage, replica_id)
@@ -126,9 +131,11 @@ class StageDispatch:
         self.table.end(pick.replica.id)
         self.wake()
 
-    def observe(self, seconds: float) -> None:
-        self._calls.observe(self.stage, 1, seconds)
-        self._observed = True
+    def observe(self, pick: Pick, seconds: float) -> None:
+        """An answered call to the replica `pick` took `seconds`."""
+        config = (pick.variant, pick.replica.batch_size)
+        self._calls.observe(config, 1, seconds)
+        self._observed.add(config)
 
     def wake(self) -> None:
         """Hand the free slots to the most urgent waiting requests, each its slot taken for it (a call ended or

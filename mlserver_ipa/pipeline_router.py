@@ -329,7 +329,7 @@ class PipelineRouter:
             dispatch.release(pick)
             elapsed = self.clock() - t0
             if code == "200":
-                dispatch.observe(elapsed)
+                dispatch.observe(pick, elapsed)
             self.m_stage.labels(self.pipeline, stage, pick.variant, code).inc()
             self.m_stage_latency.labels(self.pipeline, stage).observe(elapsed)
         if not isinstance(payload, dict) or not isinstance(payload.get("outputs", []), list):

@@ -235,6 +235,11 @@ class RouteTable:
         route = self.routes.get(stage)
         return [] if route is None else [r.id for g in route.groups for r in g.replicas]
 
+    def configs(self, stage: str) -> set[tuple[str, int | None]]:
+        """The (variant, batch size) of the replicas `stage` routes to: what a call's duration depends on."""
+        route = self.routes.get(stage)
+        return set() if route is None else {(g.variant, r.batch_size) for g in route.groups for r in g.replicas}
+
     def batch_size_of(self, stage: str, replica_id: str) -> int | None:
         """The replica's batch size (None: not given, or no longer routed)."""
         route = self.routes.get(stage)

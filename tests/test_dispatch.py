@@ -10,7 +10,13 @@ import math
 import pytest
 
 from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
-from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute
+from mlserver_ipa.route_table import Pick, ReplicaRoute, RouteGroup, RouteTable, StageRoute
+
+
+def observe(d: StageDispatch, seconds: float, replica: int = 0) -> None:
+    """An answered call of `seconds` to replica `replica` of the stage's first group."""
+    group = d.table.routes["s"].groups[0]
+    d.observe(Pick(group.replicas[replica], group.variant), seconds)
 
 
 def dispatch(batch: int | None = 2, replicas: int = 1, **settings: int) -> StageDispatch:
@@ -72,7 +78,7 @@ async def test_the_queue_is_bounded_and_sheds_the_least_urgent() -> None:
 
 async def test_a_wait_that_cannot_end_in_time_is_shed_at_once() -> None:
     d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1)
-    d.observe(0.5)  # a call takes half a second
+    observe(d, 0.5)  # a call takes half a second
     now = d.clock()
     assert await d.acquire(now + 10, 0) is not None
     with pytest.raises(Shed) as shed:  # must wait for the slot (0.5 s) and then be served (0.5 s): no
@@ -121,8 +127,8 @@ async def test_new_slots_wake_as_many_waiters_and_a_stage_without_replicas_keeps
 async def test_the_call_time_is_planned_with_its_slow_tail() -> None:
     d = dispatch()
     assert d.call_time is None
-    d.observe(0.1)
-    d.observe(0.3)  # mean 0.12, mean deviation 0.02 (EWMA, weight 0.1)
+    observe(d, 0.1)
+    observe(d, 0.3)  # mean 0.12, mean deviation 0.02 (EWMA, weight 0.1)
     assert d.call_time == pytest.approx(0.12 + 2 * 0.02)
 
 
@@ -132,7 +138,7 @@ async def test_a_waiter_that_can_no_longer_make_it_is_shed_when_its_slot_comes_n
     table.set_route("s", StageRoute(model="m", groups=[RouteGroup(variant="v", replicas=[
         ReplicaRoute(id="r0", url="http://127.0.0.1:9000", batch_size=1)])]))
     d = StageDispatch(table, "s", DispatchSettings(in_flight_per_batch=1, min_in_flight=1), lambda: now[0])
-    d.observe(0.5)
+    observe(d, 0.5)
     first = await d.acquire(now[0] + 10, 0)
     assert first is not None
     waiter = asyncio.create_task(d.acquire(now[0] + 2.0, 0))  # admitted: a slot in 0.5 s, done by 1.0 s
@@ -145,3 +151,15 @@ async def test_a_waiter_that_can_no_longer_make_it_is_shed_when_its_slot_comes_n
     assert shed.value.status == 504 and "after its wait" in str(shed.value)
     assert table.outstanding.get("r0", 0) == 0  # the slot was not taken for it
     assert await d.acquire(now[0] + 10, 0) is not None  # and the next request gets it
+
+
+async def test_the_call_time_is_the_variants_routed_to_now() -> None:
+    d = dispatch()
+    observe(d, 0.5)  # the slow variant "v"
+    assert d.call_time == pytest.approx(0.5)
+    fast = StageRoute(model="m", groups=[RouteGroup(variant="fast", replicas=[
+        ReplicaRoute(id="f0", url="http://127.0.0.1:9100", batch_size=2)])])
+    d.table.set_route("s", fast)
+    assert d.call_time is None  # switched in, not answered yet: no estimate sheds for it
+    d.observe(Pick(fast.groups[0].replicas[0], "fast"), 0.05)
+    assert d.call_time == pytest.approx(0.05)  # not an average with the variant it replaced
