@@ -87,7 +87,6 @@ class StageDispatch:
         self.clock = clock
         self.queue: DeadlineQueue[_Waiter] = DeadlineQueue(settings.min_queue, clock)
         self._calls = ServiceTimes(alpha=settings.ewma_alpha, min_samples=1, deviations=settings.call_deviations)
-        self._observed: set[tuple[str, int | None]] = set()
 
     @property
     def call_time(self) -> float | None:
@@ -96,7 +95,7 @@ class StageDispatch:
         one of them has not answered yet (just switched in: the replica, which knows its own speed, decides
         alone). One average over them all kept planning a fast variant with the slow one it replaced."""
         configs = self.table.configs(self.stage)
-        if not configs or not configs <= self._observed:
+        if not configs or not all(self._calls.table(c) for c in configs):
             return None
         return max(self._calls.estimate(c, 1) for c in configs)
 
@@ -133,9 +132,7 @@ class StageDispatch:
 
     def observe(self, pick: Pick, seconds: float) -> None:
         """An answered call to the replica `pick` took `seconds`."""
-        config = (pick.variant, pick.replica.batch_size)
-        self._calls.observe(config, 1, seconds)
-        self._observed.add(config)
+        self._calls.observe((pick.variant, pick.replica.batch_size), 1, seconds)
 
     def wake(self) -> None:
         """Hand the free slots to the most urgent waiting requests, each its slot taken for it (a call ended or
