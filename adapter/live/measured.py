@@ -175,7 +175,8 @@ def read_records_csv(path: Path) -> list[RequestRecord]:
                 index=int(r["index"]), scheduled_s=float(r["scheduled_s"]), sent_s=float(r["sent_s"]),
                 latency_ms=float(r["latency_ms"]), status=int(r["status"]), error=r["error"], variant=r["variant"],
                 deadline_ms=number(r["deadline_ms"]),
-                deadline_met=None if r["deadline_met"] == "" else r["deadline_met"] == "True"))
+                deadline_met=None if r["deadline_met"] == "" else r["deadline_met"] == "True",
+                left_ms=number(r.get("left_ms") or "")))
     return sorted(rows, key=lambda x: x.index)
 
 

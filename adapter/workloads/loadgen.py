@@ -31,7 +31,7 @@ import numpy as np
 from adapter.errors import UsageError
 from adapter.workloads.slo import SLOSource
 from adapter.workloads.traces import Trace, arrival_times
-from mlserver_ipa.deadlines import DEADLINE_HEADER, format_epoch_ms
+from mlserver_ipa.deadlines import DEADLINE_HEADER, RELATIVE_PARAM, format_epoch_ms
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ class RequestRecord:
     deadline_ms: float | None
     deadline_met: bool | None
     """answered 200 within `deadline_ms` of the scheduled time; None when the request had no deadline"""
+    left_ms: float | None = None
+    """what the server said was left of the deadline when it answered (its `parameters.deadline_ms`); None when it
+    did not say: with `latency_ms`, it tells the time the answer took to come back from the time it took to make"""
 
 
 def _error_kind(e: BaseException) -> str:
@@ -167,7 +170,7 @@ async def run_load(
             if plan.priority is not None:
                 params["priority"] = plan.priority
             sent = loop.time()
-            status, error, variant = 0, "", ""
+            status, error, variant, left = 0, "", "", None
             request_headers = headers
             if deadline is not None and absolute_deadlines:
                 # The deadline runs from the scheduled send, as the latency does: a request this generator sends
@@ -182,6 +185,8 @@ async def run_load(
                     answer = json.loads(content).get("parameters") or {}
                     # a model says `variant`; a pipeline router says `variants` (`stage=variant,…`)
                     variant = str(answer.get("variant") or answer.get("variants") or "")
+                    said = answer.get(RELATIVE_PARAM)
+                    left = float(said) if isinstance(said, int | float) and not isinstance(said, bool) else None
                 else:
                     error = f"http_{status}"
             except (TimeoutError, aiohttp.ClientError) as e:
@@ -190,7 +195,8 @@ async def run_load(
                 error = "bad_response"
             latency_ms = (loop.time() - (start + scheduled)) * 1000
             met = None if deadline is None else (not error and latency_ms <= deadline)
-            record = RequestRecord(index, scheduled, sent - start, latency_ms, status, error, variant, deadline, met)
+            record = RequestRecord(index, scheduled, sent - start, latency_ms, status, error, variant, deadline, met,
+                                   left)
             records[index] = record
             if on_record is not None:
                 on_record(record)
@@ -272,7 +278,7 @@ def write_records_csv(records: Iterable[RequestRecord], path: str | Path) -> Non
         writer.writeheader()
         for record in records:
             row = asdict(record)
-            for key in ("scheduled_s", "sent_s", "latency_ms", "deadline_ms"):
+            for key in ("scheduled_s", "sent_s", "latency_ms", "deadline_ms", "left_ms"):
                 if row[key] is not None:
                     row[key] = round(row[key], 3)
             writer.writerow(row)
