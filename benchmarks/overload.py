@@ -130,6 +130,10 @@ async def router_counters(url: str) -> dict[str, float]:
                 if s.name.endswith("_total"):
                     key = f"{family.name.removeprefix('ipa_router_')} {s.labels['code']}"
                     out[key] = out.get(key, 0.0) + s.value
+        if family.name == "ipa_gc_pause_seconds":  # `mlserver_ipa.heap`: count and seconds by generation
+            for s in family.samples:
+                if s.name.endswith(("_count", "_sum")):
+                    out[f"gc{s.labels['generation']}{s.name.removeprefix('ipa_gc_pause_seconds')}"] = s.value
     return out
 
 
@@ -257,7 +261,11 @@ async def main() -> None:
               f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''}); "
               f"cores used: router {used['router']:.2f}, load generator {used['generator']:.2f}; p99 at the router "
               f"(from its arrival stamp) {seen['p99_ms'] or float('nan'):.0f} ms; generator's lag p99 {lag * 1000:.0f} ms")
-    print("router's answers       " + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(counters.items())))
+    answers = {k: v for k, v in counters.items() if not k.startswith("gc")}
+    print("router's answers       " + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(answers.items())))
+    print("router's GC pauses     " + ", ".join(
+        f"generation {g}: {counters.get(f'gc{g}_count', 0):.0f} taking {counters.get(f'gc{g}_sum', 0) * 1000:.0f} ms"
+        for g in range(3)) + " (whole run, warm-up included)")
     print(f"load average           {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1 min); load generator "
           f"at nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 

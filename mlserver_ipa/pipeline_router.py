@@ -41,7 +41,7 @@ from mlserver_ipa.dispatch import DispatchSettings, Shed, StageDispatch
 from mlserver_ipa.grpc_hop import GrpcHop
 from mlserver_ipa.route_table import Pick, RouterStatus, RouteTable, StageRoute, StageStatus, Upstreams
 from mlserver_ipa.settings import MAX_DEADLINE_MS
-from mlserver_ipa.wire_tensors import listed_all
+from mlserver_ipa.wire_tensors import compact, listed_all
 
 ROUTER_WRITES = [("PUT", r"/router/stages/[^/]+"), ("PUT", r"/router/upstreams")]  # what changes the router
 MAX_REQUEST_ID_CHARS = 128
@@ -238,7 +238,10 @@ class PipelineRouter:
         priority = params.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise PipelineError(400, "parameters.priority must be an integer")
-        inputs: list[Any] = body["inputs"]
+        try:
+            inputs: list[Any] = compact(body["inputs"])  # raw while it waits here (`wire_tensors`)
+        except ValueError as e:
+            raise PipelineError(400, str(e)) from e
         extra: list[dict[str, Any]] = []
         variants: list[str] = []
         for i, stage in enumerate(self.stages):

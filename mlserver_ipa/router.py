@@ -53,6 +53,7 @@ from mlserver_ipa.deadlines import (
     DEADLINE_HEADER,
 )
 from mlserver_ipa.dispatch import DispatchSettings
+from mlserver_ipa.heap import freeze_startup_heap, gc_pauses, return_freed_memory
 from mlserver_ipa.limits import LimitsMiddleware, RequestLimits
 from mlserver_ipa.pipeline_router import (
     ROUTER_WRITES,
@@ -263,26 +264,6 @@ async def serve(router: PipelineRouter, host: str = "127.0.0.1", port: int = 808
         await router.aclose()
 
 
-TRIM_EVERY_S = 5.0
-
-
-async def _return_freed_memory() -> None:
-    """Give the heap that a burst's bodies freed back to the system (glibc's `malloc_trim`) every
-    `TRIM_EVERY_S`: glibc keeps freed arenas mapped, so the router's RSS stayed 22-27 % above its level before a
-    3x burst (`benchmarks/overload.py`), memory no request holds. Elsewhere than glibc it does nothing."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    while True:
-        await asyncio.sleep(TRIM_EVERY_S)
-        trim(0)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlserver_ipa.router", description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", required=True, help="the model name the pipeline is served as")
@@ -310,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch,
                             budget_window_s=args.budget_window_s, upstreams=Upstreams(required=args.require_upstreams))
+    gc_pauses(router.registry)
     # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
     config = uvicorn.Config(create_app(router, token), host=args.host, port=args.port, log_level="warning",
                             loop="none", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
@@ -317,10 +299,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                              on_request=accept_arrivals(router)))
 
     async def run() -> None:
-        trim = asyncio.create_task(_return_freed_memory())
+        trim = asyncio.create_task(return_freed_memory())
         grpc_server = None
         if args.grpc_port is not None:
             grpc_server = await start_grpc(router, args.host, args.grpc_port, limits)
+        freeze_startup_heap()  # all imported and built: full collections walk only what requests made (`heap`)
         try:
             await uvicorn.Server(config).serve()
         finally:

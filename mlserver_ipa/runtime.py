@@ -63,10 +63,11 @@ from mlserver_ipa.errors import (
     Unauthorized,
     WritesDisabled,
 )
+from mlserver_ipa.heap import freeze_startup_heap, gc_pauses
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 from mlserver_ipa.request_parameters import parse_control, parse_slo, string_parameters
-from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder
+from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder, import_backend
 from mlserver_ipa.settings import (
     THREADS_PER_CORE,
     ControlRequest,
@@ -166,6 +167,11 @@ class VariantRuntime(MLModel):
     async def load(self) -> bool:
         active = self.config.active
         assert active is not None
+        gc_pauses()
+        # Everything imported, the model's backend too, is frozen before the model loads: a model's own objects
+        # can be garbage later (a switched-out PyTorch model holds reference cycles), frozen ones never would be.
+        import_backend(self._path(active))
+        freeze_startup_heap()
         session = await self._build(active, self.config.threads, self.config.batch_size)
         self._signature = session.signature()
         self._describe(session)
@@ -412,10 +418,13 @@ class VariantRuntime(MLModel):
             self._metrics.configured(variant, threads, batch_size)
             return self.state()
 
-    async def _build(self, variant: str, threads: int, batch_size: int) -> Session:
+    def _path(self, variant: str) -> Path:
         spec = self.config.variant(variant)
         assert spec is not None
-        path = Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
+        return Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
+
+    async def _build(self, variant: str, threads: int, batch_size: int) -> Session:
+        path = self._path(variant)
 
         def compatible(session: Session) -> None:
             if self._signature is not None and session.signature() != self._signature:

@@ -117,6 +117,13 @@ class Session(Protocol):
     def measure(self, rows: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float: ...
 
 
+def import_backend(path: Path) -> None:
+    """Import what `open_session` needs for `path` (torch and transformers for a checkpoint folder), without
+    opening it: so the imports can be made before a process freezes its start-up heap (`heap`)."""
+    if is_model_folder(path):
+        import mlserver_ipa.transformers_session  # noqa: F401
+
+
 def open_session(variant: str, path: Path, threads: int, limits: SequenceLimits) -> Session:
     """The session for `path`: a Hugging Face checkpoint folder in PyTorch, otherwise an ONNX file."""
     if is_model_folder(path):

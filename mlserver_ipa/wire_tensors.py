@@ -4,7 +4,10 @@ contents (`raw_input_contents` / `raw_output_contents`, the tensor's bytes, litt
 A tensor here is the JSON form's dict `{"name", "datatype", "shape", "data"}` whose `data` is either a (nested)
 list or `bytes`, the raw contents. The router carries tensors so between hops: what came raw from a gRPC hop
 goes on raw to the next gRPC hop without ever becoming numbers in Python, and is turned into a list only where
-JSON needs one (`listed`), and a list into bytes only where gRPC needs them (`raw`). `BYTES` tensors in raw
+JSON needs one (`listed`). What a request brings as JSON lists is made raw as it arrives (`compact`): a request
+waiting at the router then holds 4 bytes per FP32 value rather than a Python float and its pointer (40), and the
+garbage collector, which walks every item of every list it tracks, has none of thousands of items to walk (under
+a 3x burst the router's collections had taken 1.6 s of every 90 s walking the waiting requests' lists). `BYTES` tensors in raw
 form are each element's 4-byte little-endian length and its bytes (as `mlserver_ipa.text` reads them).
 
     from_pb_inputs(request)        # the tensors of a ModelInferRequest (raw or typed contents), data as bytes
@@ -58,7 +61,10 @@ def raw(tensor: dict[str, Any]) -> bytes:
         parts = []
         for item in _flat(data if data is not None else []):
             if isinstance(item, str):
-                item = item.encode("utf-8")
+                try:
+                    item = item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"tensor {name!r}: a BYTES string is not valid UTF-8") from None
             if not isinstance(item, bytes | bytearray):
                 raise ValueError(f"tensor {name!r}: BYTES data must be strings, got {type(item).__name__}")
             parts += [struct.pack("<I", len(item)), bytes(item)]
@@ -71,6 +77,17 @@ def raw(tensor: dict[str, Any]) -> bytes:
             return np.asarray(data if data is not None else [], dtype=dtype).tobytes()
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"tensor {name!r}: data is not {kind}: {e}") from None
+
+
+def compact(tensors: Iterable[Any]) -> list[dict[str, Any]]:
+    """The tensors with their data as raw contents; `ValueError` naming the first that is not a V2 tensor."""
+    out = []
+    for i, t in enumerate(tensors):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not isinstance(t.get("shape"), list):
+            raise ValueError(f"inputs[{i}] is not a V2 tensor: expected an object with a `name`, a `datatype`, "
+                             "a `shape` list and `data`")
+        out.append({**t, "data": raw(t)})
+    return out
 
 
 def split_bytes(name: object, contents: bytes) -> list[bytes]:

@@ -125,6 +125,13 @@ async def test_v2_errors(one_stage: tuple[PipelineRouter, str]) -> None:
         wrong = await c.post("/v2/models/pipe/infer", json={"inputs": [{"name": "input", "datatype": "FP32",
                                                                           "shape": [1, 3], "data": [1, 2, 3]}]})
         assert wrong.status_code == 400 and "classifier" in wrong.json()["error"]
+        # Tensors are made raw as they arrive (`wire_tensors.compact`): what is no tensor is refused there.
+        for inputs, reason in (([3], "inputs[0] is not a V2 tensor"),
+                               ([{"name": "input", "datatype": "FP32", "shape": [1], "data": ["x"]}], "not FP32"),
+                               ([{"name": "input", "datatype": "NOPE", "shape": [1], "data": [1]}], "unknown")):
+            refused = await c.post("/v2/models/pipe/infer", json={"inputs": inputs})
+            assert refused.status_code == 400 and reason in refused.json()["error"], refused.text
+        assert (await c.post("/v2/models/pipe/infer", json=image_request())).status_code == 200
         # The table over HTTP: a bad body is a 422 in the same error shape, an unknown stage a 404.
         auth = {"authorization": f"Bearer {TEST_TOKEN}"}
         bad_put = await c.put("/router/stages/classifier", json={"model": "resnet", "groups": [{"load_share": -1}]},
