@@ -80,6 +80,72 @@ def test_waits_for_the_batch_to_fill_at_most_max_batch_time_after_the_oldest_arr
     assert names(plan.batch) == ["a", "b"]
 
 
+def test_the_batch_window_restarts_when_the_server_frees() -> None:
+    # "a" arrived at 10.0 and waited through a batch that ended at 10.3, long past its window of 50 ms: it still
+    # waits up to 50 ms from 10.3 for the batch to fill (the answers just sent are coming back as requests).
+    clock = Clock(10.0)
+    q: DeadlineQueue[str] = DeadlineQueue(100, clock)
+    q.push("a")
+    policy = BatchPolicy(batch_size=2, max_batch_time=0.050)
+    plan = plan_batch(q, 10.3, policy, linear(0.001), free_since=10.3)
+    assert plan.batch == [] and plan.wait_until == pytest.approx(10.35)
+    clock.t = 10.31
+    q.push("b")
+    assert names(plan_batch(q, 10.31, policy, linear(0.001), free_since=10.3).batch) == ["a", "b"]
+    # a window opened by a later arrival is not shortened by an earlier end of the last batch
+    clock.t = 10.32
+    q.push("c")
+    assert plan_batch(q, 10.33, policy, linear(0.001), free_since=9.0).wait_until == pytest.approx(10.37)
+    # without the end of the last batch (the rule before): what waited through it leaves at once, alone
+    assert names(plan_batch(q, 10.5, policy, linear(0.001)).batch) == ["c"]
+
+
+def test_the_restarted_window_never_waits_past_what_the_earliest_deadline_allows() -> None:
+    q: DeadlineQueue[str] = DeadlineQueue(100, Clock(0.0))
+    q.push("a", deadline=1.030)
+    plan = plan_batch(q, 1.0, BatchPolicy(batch_size=2, max_batch_time=0.050), linear(0.010), free_since=1.0)
+    assert plan.batch == [] and plan.wait_until == pytest.approx(1.010)  # 30 ms left - 20 ms for a full batch
+
+
+def closed_loop(batch: int, late: dict[tuple[int, int], float], rounds: int, *, restart: bool) -> list[int]:
+    """Batch sizes `plan_batch` forms for `batch` closed-loop clients in virtual time: each resends 5 ms after
+    its answer (`late[(client, k)]` instead for its k-th request), a batch takes 200 ms, the window is 50 ms."""
+    clock = Clock()
+    q: DeadlineQueue[int] = DeadlineQueue(100, clock)
+    policy = BatchPolicy(batch_size=batch, max_batch_time=0.050)
+    sent = [0] * batch
+    arrivals = [(0.001 * c, c) for c in range(batch)]
+    sizes: list[int] = []
+    free_since: float | None = None
+    while len(sizes) < rounds:
+        arrivals.sort()
+        now = clock.t
+        while arrivals and arrivals[0][0] <= now:
+            clock.t, client = arrivals.pop(0)  # stamped with its own arrival time
+            q.push(client)
+        clock.t = now
+        plan = plan_batch(q, clock.t, policy, lambda rows: 0.200, free_since if restart else None)
+        if plan.batch:
+            clock.t += 0.200
+            free_since = clock.t
+            sizes.append(len(plan.batch))
+            for e in plan.batch:
+                sent[e.item] += 1
+                arrivals.append((clock.t + late.get((e.item, sent[e.item]), 0.005), e.item))
+            continue
+        nxt = [arrivals[0][0]] if arrivals else []
+        clock.t = min(nxt + ([plan.wait_until] if plan.wait_until is not None else []))
+    return sizes
+
+
+def test_a_closed_loop_of_batch_size_clients_gets_full_batches_again_after_one_late_request() -> None:
+    late = {(3, 2): 0.080}  # client 3's third request comes 80 ms after its answer, past the window
+    # the third batch runs without it; the fourth waits for the three answered with that batch to come back
+    assert closed_loop(4, late, 8, restart=True) == [4, 4, 3, 4, 4, 4, 4, 4]
+    # counted from the arrival alone, what waited through the busy period leaves at once: split for good
+    assert closed_loop(4, late, 8, restart=False) == [4, 4, 3, 1, 3, 1, 3, 1]
+
+
 def test_a_full_batch_does_not_wait() -> None:
     q: DeadlineQueue[str] = DeadlineQueue(100, Clock())
     for n in "abcd":

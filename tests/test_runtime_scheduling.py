@@ -5,6 +5,7 @@ deadline first, in batches of up to `batch_size` rows. Order is read from the re
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import numpy as np
@@ -84,3 +85,42 @@ async def test_requests_that_would_miss_behind_the_queue_are_dropped_not_served_
         assert (await blocker).ok
     assert hopeless.status == 504, (hopeless.status, hopeless.parameters)
     assert "deadline cannot be met" in (hopeless.error or "")
+
+
+
+async def test_a_request_that_waited_through_a_batch_still_waits_for_its_batch_to_fill(server: MLServer) -> None:
+    """The batch window restarts when the server frees (`batching.plan_batch`): a request that waited through
+    long batches, past its window, is not sent off alone the moment the server frees; it waits for the request
+    sent right after the last batch's answer (a closed-loop client coming back), and they share a batch."""
+    window_ms = 200.0
+    async with V2Client(server.http_url) as client:
+        await client.control(MODEL, max_batch_time_ms=window_ms)
+        try:
+            probe = await client.infer(MODEL, images(64), priority=-10)
+            assert probe.ok, probe.error
+            # enough blockers queued ahead that the one request waits well past its window behind them
+            count = 2 + math.ceil(2 * window_ms / probe.parameters["service_ms"])
+            for _attempt in range(3):
+                blockers = [asyncio.create_task(client.infer(MODEL, images(64), priority=-10)) for _ in range(count)]
+                state = await client.control(MODEL)
+                while state["queue_length"] < count - 1 and not any(b.done() for b in blockers):
+                    await asyncio.sleep(0.002)
+                    state = await client.control(MODEL)
+                waiting = asyncio.create_task(client.infer(MODEL, images()))
+                while state["queue_length"] < count and not waiting.done() and not all(b.done() for b in blockers):
+                    await asyncio.sleep(0.002)
+                    state = await client.control(MODEL)
+                queued_ahead = state["queue_length"] - 1  # blockers that had not started when it was queued
+                done = await asyncio.gather(*blockers)
+                follower = await client.infer(MODEL, images())  # sent once the last blocker is answered
+                first = await waiting
+                assert all(r.ok for r in [*done, first, follower]), [r.error for r in [*done, first, follower]]
+                ahead_ms = sum(r.parameters["service_ms"] for r in done[count - queued_ahead:]) if queued_ahead else 0
+                if ahead_ms > window_ms:  # it waited through more than its window: the case under test
+                    break
+            else:
+                pytest.skip("could not make one request wait past its window behind the blockers on this machine")
+        finally:
+            await client.control(MODEL, max_batch_time_ms=0)
+    assert first.parameters["batch_id"] == follower.parameters["batch_id"], (first.parameters, follower.parameters)
+    assert first.parameters["batch_size"] == 2
