@@ -34,7 +34,7 @@ async def burst_behind_a_blocker(client: V2Client, requests: list[dict]) -> list
     answers. Retried when the burst did not all wait in the queue together (a very slow client)."""
     for _attempt in range(3):
         blocker = asyncio.create_task(client.infer(MODEL, images(64), priority=-10))
-        while (await client.control(MODEL))["in_flight"] == 0:
+        while not blocker.done() and (await client.control(MODEL))["in_flight"] == 0:
             await asyncio.sleep(0.002)
         tasks = [asyncio.create_task(client.infer(MODEL, images(), **r)) for r in requests]
         all_queued = False
@@ -78,7 +78,7 @@ async def test_requests_that_would_miss_behind_the_queue_are_dropped_not_served_
         state = await client.control(MODEL)
         one_row_ms = state["service_time_ms"]["1"]
         blocker = asyncio.create_task(client.infer(MODEL, images(64), priority=-10))
-        while (await client.control(MODEL))["in_flight"] == 0:
+        while not blocker.done() and (await client.control(MODEL))["in_flight"] == 0:
             await asyncio.sleep(0.002)
         # The blocker takes many times one row's service time; this budget cannot wait that long.
         hopeless = await client.infer(MODEL, images(), deadline_ms=3 * one_row_ms)
@@ -88,35 +88,40 @@ async def test_requests_that_would_miss_behind_the_queue_are_dropped_not_served_
 
 
 
+
+def span_ms(result: InferResult, budget_ms: float) -> tuple[float, float, float]:
+    """(arrival, dispatch, end) of a served request, epoch ms on the server's clock, from what it answered
+    (a request sent with `deadline_ms=budget_ms` is answered its deadline as `deadline_at_ms`)."""
+    arrival = result.parameters["deadline_at_ms"] - budget_ms
+    dispatch = arrival + result.parameters["queue_ms"]
+    return arrival, dispatch, dispatch + result.parameters["service_ms"]
+
+
 async def test_a_request_that_waited_through_a_batch_still_waits_for_its_batch_to_fill(server: MLServer) -> None:
     """The batch window restarts when the server frees (`batching.plan_batch`): a request that waited through
     long batches, past its window, is not sent off alone the moment the server frees; it waits for the request
     sent right after the last batch's answer (a closed-loop client coming back), and they share a batch."""
-    window_ms = 200.0
+    window_ms, budget_ms = 100.0, 600_000.0
     async with V2Client(server.http_url) as client:
         await client.control(MODEL, max_batch_time_ms=window_ms)
         try:
             probe = await client.infer(MODEL, images(64), priority=-10)
             assert probe.ok, probe.error
-            # enough blockers queued ahead that the one request waits well past its window behind them
-            count = 2 + math.ceil(2 * window_ms / probe.parameters["service_ms"])
+            # enough blockers ahead that the one request waits well past its window behind them
+            count = 2 + math.ceil(3 * window_ms / probe.parameters["service_ms"])
             for _attempt in range(3):
-                blockers = [asyncio.create_task(client.infer(MODEL, images(64), priority=-10)) for _ in range(count)]
-                state = await client.control(MODEL)
-                while state["queue_length"] < count - 1 and not any(b.done() for b in blockers):
+                blockers = [asyncio.create_task(client.infer(MODEL, images(64), priority=-10, deadline_ms=budget_ms))
+                            for _ in range(count)]
+                while not any(b.done() for b in blockers) and (await client.control(MODEL))["in_flight"] == 0:
                     await asyncio.sleep(0.002)
-                    state = await client.control(MODEL)
-                waiting = asyncio.create_task(client.infer(MODEL, images()))
-                while state["queue_length"] < count and not waiting.done() and not all(b.done() for b in blockers):
-                    await asyncio.sleep(0.002)
-                    state = await client.control(MODEL)
-                queued_ahead = state["queue_length"] - 1  # blockers that had not started when it was queued
+                waiting = asyncio.create_task(client.infer(MODEL, images(), deadline_ms=budget_ms))
                 done = await asyncio.gather(*blockers)
-                follower = await client.infer(MODEL, images())  # sent once the last blocker is answered
+                follower = await client.infer(MODEL, images(), deadline_ms=budget_ms)  # once the last is answered
                 first = await waiting
                 assert all(r.ok for r in [*done, first, follower]), [r.error for r in [*done, first, follower]]
-                ahead_ms = sum(r.parameters["service_ms"] for r in done[count - queued_ahead:]) if queued_ahead else 0
-                if ahead_ms > window_ms:  # it waited through more than its window: the case under test
+                arrived = span_ms(first, budget_ms)[0]
+                freed = max(span_ms(r, budget_ms)[2] for r in done)
+                if freed - arrived > window_ms:  # its window ended while the blockers ran: the case under test
                     break
             else:
                 pytest.skip("could not make one request wait past its window behind the blockers on this machine")
