@@ -11,7 +11,7 @@ Poisson arrivals: nominal (60 % of capacity) for `--calm-s`, 3x nominal for `--b
 Printed, against the targets: goodput during the burst (200s within deadline per second) as a share of the
 capacity (>= 90 %); late 200s (answered 200 after the deadline, measured at the client from the scheduled send:
 0); p99 of answered requests per phase (<= SLO); seconds after the burst until every 1-s window's p99 is under
-the SLO again (<= 5 s); the router's RSS after vs before (within 10 %); per phase, the arrival rate the adapter
+the SLO again (<= 5 s); the router's RSS after the run vs at the end of the calm phase before the burst (within 10 %); per phase, the arrival rate the adapter
 reads against the rate the generator really sent (within 10 % during the burst). The adapter's reading is taken as
 the live adapter takes it, by `DirectSource` (`adapter.control.monitor`) scraping the router's `/metrics` every
 second and observing at each phase's end, in a process of its own (`--monitor`), apart from the load generator.
@@ -143,11 +143,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def cpu_at(start_epoch: float, ends_s: list[float], pids: dict[str, int]) -> list[dict[str, float]]:
-    """CPU seconds each process used by the start and each phase's end (who was short of CPU)."""
+    """CPU seconds each process used by the start and each phase's end (who was short of CPU), and its RSS
+    (MB) then, under `rss <name>`."""
     out = []
     for t in [0.0, *ends_s]:
         await asyncio.sleep(max(0.0, start_epoch + t - time.time()))
-        out.append({name: cpu_seconds(pid) for name, pid in pids.items()})
+        out.append({name: cpu_seconds(pid) for name, pid in pids.items()}
+                   | {f"rss {name}": rss_mb(pid) for name, pid in pids.items()})
     return out
 
 
@@ -249,14 +251,16 @@ async def main() -> None:
     print(f"p99 answered           before {r['p99_before']:.0f} ms, burst {r['p99_burst']:.0f} ms, after "
           f"{r['p99_after']:.0f} ms (target <= {args.slo_ms:g})")
     print(f"recovered              {r['recovered_s']:.1f} s after the burst (target <= 5 s)")
-    print(f"router RSS             {rss_before:.0f} MB -> {rss_after:.0f} MB ({rss_after / rss_before - 1:+.0%}; "
-          "target within 10 %)")
+    calm = cpu[1]["rss router"]  # at the end of the calm phase before the burst: the level the burst left
+    print(f"router RSS             {calm:.0f} MB at the end of the calm phase before the burst -> {rss_after:.0f} MB "
+          f"2 s after the run ({rss_after / calm - 1:+.0%}; target within 10 %); {rss_before:.0f} MB before any "
+          f"load, {cpu[2]['rss router']:.0f} MB at the burst's end")
     bounds = [0.0, *ends]
     for name, lo, hi, seen in zip(("before", "burst", "after"), bounds, bounds[1:], read, strict=False):
         sent = sum(1 for r in records if lo <= r.sent_s < hi) / (hi - lo)
         lag = np.percentile([r.sent_s - r.scheduled_s for r in records if lo <= r.scheduled_s < hi] or [0.0], 99)
         i = ("before", "burst", "after").index(name)
-        used = {k: (cpu[i + 1][k] - cpu[i][k]) / (hi - lo) for k in cpu[i]}
+        used = {k: (cpu[i + 1][k] - cpu[i][k]) / (hi - lo) for k in cpu[i] if not k.startswith("rss")}
         print(f"arrivals read, {name:6} {seen['load_rps']:.1f} rps by the adapter vs {sent:.1f} rps sent "
               f"({seen['load_rps'] / sent - 1:+.1%}{'; target within 10 %' if name == 'burst' else ''}); "
               f"cores used: router {used['router']:.2f}, load generator {used['generator']:.2f}; p99 at the router "

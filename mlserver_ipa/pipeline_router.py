@@ -112,7 +112,8 @@ class PipelineRouter:
         self.timeout_s = timeout_s
         self.clock = clock
         self.clocks = Clocks(clock, time.time)
-        self._dispatch = {s: StageDispatch(self.table, s, dispatch or DispatchSettings(), clock) for s in stages}
+        self.settings = dispatch or DispatchSettings()
+        self._dispatch = {s: StageDispatch(self.table, s, self.settings, clock) for s in stages}
         self.registry = registry if registry is not None else CollectorRegistry()
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
         self._grpc = GrpcHop()
@@ -229,9 +230,12 @@ class PipelineRouter:
             raise PipelineError(400, "`parameters` must be a JSON object")
         if "id" in body and (not isinstance(body["id"], str) or len(body["id"]) > MAX_REQUEST_ID_CHARS):
             raise PipelineError(400, f"id must be a string of at most {MAX_REQUEST_ID_CHARS} characters")
-        deadline_at = self._deadline(params, arrival)
-        if deadline_at is not None:
-            self.budgets.add(arrival.monotonic, deadline_at - arrival.epoch_ms)
+        user_at = self._deadline(params, arrival)
+        reserve_ms = self.settings.reply_reserve_ms
+        deadline_at: float | None = None  # what the stages are given: the answer must leave with the reply reserve to spare
+        if user_at is not None:
+            self.budgets.add(arrival.monotonic, user_at - arrival.epoch_ms)
+            deadline_at = user_at - reserve_ms
         # On this router's clock from here on; the wall clock only to say it to the next hop.
         deadline = (math.inf if deadline_at is None
                     else arrival.monotonic + (deadline_at - arrival.epoch_ms) / 1000.0)
@@ -253,12 +257,13 @@ class PipelineRouter:
             outputs = response.get("outputs") or []
             if i == len(self.stages) - 1:
                 out_params: dict[str, Any] = {"variants": ",".join(variants)}
-                if deadline_at is not None:
-                    left_ms = (deadline - self.clock()) * 1000.0
-                    if left_ms < 0:  # nothing is answered 200 after its deadline
-                        raise PipelineError(504, f"deadline exceeded: the answer came {-left_ms:.1f} ms late")
+                if user_at is not None:
+                    left_ms = (deadline - self.clock()) * 1000.0 + reserve_ms
+                    if left_ms < reserve_ms:  # nothing is answered 200 that would reach the client late
+                        raise PipelineError(504, f"deadline exceeded: the answer came with {left_ms:.1f} ms left, "
+                                                 f"{reserve_ms:g} ms are kept for its way back")
                     out_params[RELATIVE_PARAM] = round(left_ms, 3)
-                    out_params[DEADLINE_PARAM] = deadline_at
+                    out_params[DEADLINE_PARAM] = user_at
                 result = {"model_name": self.pipeline, "outputs": [*outputs, *extra], "parameters": out_params}
                 if "id" in body:
                     result["id"] = body["id"]

@@ -6,7 +6,8 @@ of inner stages come back too, named `<stage>.<name>` (a detector's boxes beside
 
 Per request, per stage: a replica group is drawn by its load share and the replica of that group with the
 fewest outstanding requests gets the request (`RouteTable`). The remaining deadline (`parameters.deadline_ms`,
-counted from the request's arrival here) is passed to every stage, decremented by the time spent so far; a
+counted from the request's arrival here) is passed to every stage, decremented by the time spent so far and by
+the reply reserve (`--reply-reserve-ms`, default 5: kept for the answer's way back, `DispatchSettings`); a
 replica that cannot be reached or is overloaded (503) is replaced by another one of the stage while the
 deadline allows (inference is idempotent). Errors come in the V2 shape `{"error": "..."}`:
 
@@ -276,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="requests in flight per replica, in batches of its batch size (default %(default)s)")
     parser.add_argument("--queue-per-slot", type=int, default=DispatchSettings.queue_per_slot,
                         help="requests that may wait at the router per in-flight slot (default %(default)s)")
+    parser.add_argument("--reply-reserve-ms", type=float, default=DispatchSettings.reply_reserve_ms,
+                        help="kept of every deadline for the answer's way back to the client (default %(default)s)")
     parser.add_argument("--require-upstreams", action="store_true",
                         help="refuse every route naming a replica until the replicas started are sent "
                              "(PUT /router/upstreams); without it, any loopback port passes until then")
@@ -288,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         token, limits = load_token(), RequestLimits.from_env()
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: {e}\n")
-    dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot)
+    if not 0 <= args.reply_reserve_ms <= 60_000:
+        parser.exit(2, f"{parser.prog}: --reply-reserve-ms must be between 0 and 60000, got {args.reply_reserve_ms:g}\n")
+    dispatch = DispatchSettings(in_flight_per_batch=args.in_flight_per_batch, queue_per_slot=args.queue_per_slot,
+                                reply_reserve_ms=args.reply_reserve_ms)
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch,
                             budget_window_s=args.budget_window_s, upstreams=Upstreams(required=args.require_upstreams))
     gc_pauses(router.registry)

@@ -170,7 +170,7 @@ class VariantRuntime(MLModel):
         gc_pauses()
         # Everything imported, the model's backend too, is frozen before the model loads: a model's own objects
         # can be garbage later (a switched-out PyTorch model holds reference cycles), frozen ones never would be.
-        import_backend(self._path(active))
+        await asyncio.to_thread(import_backend, self._path(active))  # torch's import takes seconds
         freeze_startup_heap()
         session = await self._build(active, self.config.threads, self.config.batch_size)
         self._signature = session.signature()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import TEST_TOKEN, MLServer, free_port, image_request
 
+from mlserver_ipa.dispatch import DispatchSettings
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute, Upstreams
 from mlserver_ipa.router import PipelineError, PipelineRouter, RouterClient, serve
 
@@ -248,3 +249,17 @@ async def test_a_long_request_id_is_refused_by_the_router(one_stage: tuple[Pipel
         for deadline in ("100", True, 1e300):
             resp = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=deadline))
             assert resp.status_code == 400 and "deadline_ms" in resp.json()["error"]
+
+
+async def test_the_reply_reserve_is_kept_of_every_deadline(stage_server: MLServer) -> None:
+    # A reserve longer than the deadline: nothing is sent to the stage, the answer could not reach the client in time.
+    router = PipelineRouter("pipe", ["classifier"], dispatch=DispatchSettings(reply_reserve_ms=4000.0))
+    await router.update_stage("classifier", route(resnet18=(1.0, [("classifier-0", stage_server.http_url)])))
+    async with serve(router, port=0, token=TEST_TOKEN) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        short = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=3000.0))
+        assert short.status_code == 504 and "deadline" in short.json()["error"]
+        assert router.registry.get_sample_value("ipa_router_stage_requests_total", {
+            "pipeline": "pipe", "stage": "classifier", "variant": "resnet18", "code": "200"}) is None
+        ok = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=30000.0))
+        assert ok.status_code == 200, ok.text
+        assert 4000.0 < ok.json()["parameters"]["deadline_ms"] < 30000.0  # what is left of the client's deadline

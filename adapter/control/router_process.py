@@ -35,7 +35,9 @@ NICE = -5
 START_TIMEOUT_S = 60.0
 
 
-def _in_child() -> None:
+def detach_at_router_priority() -> None:
+    """In a child before its exec: a session of its own that dies with this process, at the router's priority
+    (for the router, and for a load generator that stands in for clients on other machines)."""
     os.setsid()
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -89,7 +91,7 @@ class RouterProcess:
                 "--grpc-port", str(self.grpc_port), "--budget-window-s", f"{self.budget_window_s:g}",
                 *(["--require-upstreams"] if self.require_upstreams else []), env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_in_child)
+                preexec_fn=detach_at_router_priority)
         try:
             await self._wait_live()
         except BaseException:

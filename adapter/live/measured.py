@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from adapter.control.embedded import EmbeddedPipeline, UpSettings
+from adapter.control.router_process import detach_at_router_priority
 from adapter.control.service import DecisionRecord
 from adapter.errors import UsageError
 from adapter.executors.local.cluster import LocalCluster
@@ -135,9 +136,12 @@ async def run_live(
         sampler = asyncio.create_task(_sample_cores(up.cluster, samples, sample_every_s))
         command = load_command(up.router_url, spec.name, trace_file, records_file, seed=seed, slo_ms=slo_ms,
                                resolution=resolution, timeout_s=timeout_s, inputs=inputs, question=question)
+        # At the router's priority: it stands in for clients on other machines, and at a replica's share of
+        # two cores it sent up to 7 s late and read its answers as late, under a burst on a loaded machine.
         proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE,
-                                                    env={**os.environ, "TQDM_DISABLE": "1"})
+                                                    env={**os.environ, "TQDM_DISABLE": "1"},
+                                                    preexec_fn=detach_at_router_priority)
         try:
             assert proc.stdout is not None
             await proc.stdout.readline()  # "<trace>: N requests over D s ...": printed just before the first send
