@@ -11,8 +11,8 @@ Poisson arrivals: nominal (60 % of capacity) for `--calm-s`, 3x nominal for `--b
 Printed, against the targets: goodput during the burst (200s within deadline per second) as a share of the
 capacity (>= 90 %); late 200s (answered 200 after the deadline, measured at the client from the scheduled send:
 0); p99 of answered requests per phase (<= SLO); seconds after the burst until every 1-s window's p99 is under
-the SLO again (<= 5 s); the router's RSS after the run vs at the end of the calm phase before the burst (within 10 %); per phase, the arrival rate the adapter
-reads against the rate the generator really sent (within 10 % during the burst). The adapter's reading is taken as
+the SLO again (<= 5 s); the router's RSS after the run vs at the end of the calm phase before the burst
+(within 10 %); per phase, the arrival rate the adapter reads against the rate the generator really sent (within 10 % during the burst). The adapter's reading is taken as
 the live adapter takes it, by `DirectSource` (`adapter.control.monitor`) scraping the router's `/metrics` every
 second and observing at each phase's end, in a process of its own (`--monitor`), apart from the load generator.
 One run is noisy on a shared machine: run it more than once and quote the spread (the load average is printed).
