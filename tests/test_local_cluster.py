@@ -361,6 +361,25 @@ async def test_two_stage_chain_on_the_affinity_fallback(variant_repo: Path, tmp_
     assert_nothing_left(c, await_pids=live)
 
 
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+async def test_the_graphs_transport_is_how_the_router_calls_replicas(variant_repo: Path, tmp_path: Path,
+                                                                     transport: str) -> None:
+    spec = parse_spec({"name": "lc", "slo_ms": 1000, "budget_cores": 2, "transport": transport,
+                       "stages": [CLASSIFIER]})
+    router = PipelineRouter(spec.name, ["classifier"])
+    async with serve(router, port=0) as url, LocalCluster(
+            spec, {"classifier": variant_repo / "resnet"}, router=router, router_url=url,
+            settings=LocalClusterSettings(home=tmp_path / "ipa")) as c:
+        assert (await c.apply(spec, decision(classifier=[group("resnet18", 1, 0.5, 1)]))).ok
+        assert router.table.routes["classifier"].protocol == transport
+        async with httpx.AsyncClient(timeout=60) as client:
+            resp = await client.post(f"{url}/v2/models/lc/infer", json={**image(), "parameters": {"deadline_ms": 30000}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["outputs"][0]["shape"] == [1, 1000]
+        live = pids(await c.state())
+    assert_nothing_left(c, await_pids=live)
+
+
 CLUSTER_SCRIPT = """
 import asyncio, json, sys
 from pathlib import Path
