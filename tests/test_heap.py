@@ -9,19 +9,22 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mlserver_ipa.heap import GcPauses, freeze_startup_heap
+from mlserver_ipa.heap import YOUNG_EVERY, GcPauses, freeze_startup_heap
 from mlserver_ipa.wire_tensors import compact, listed
 
 
 def test_frozen_objects_are_left_out_of_collections() -> None:
     kept = [[i] for i in range(1000)]  # tracked containers made "at start-up"
+    threshold = gc.get_threshold()
     try:
         frozen = freeze_startup_heap()
+        assert gc.get_threshold() == (YOUNG_EVERY, *threshold[1:])
         assert frozen >= len(kept) and gc.get_freeze_count() == frozen
         walked = {id(o) for o in gc.get_objects()}  # what collections walk: the permanent generation is not in it
         assert not any(id(x) in walked for x in kept)
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_gc_pauses_are_exported_by_generation() -> None:
