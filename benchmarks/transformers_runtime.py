@@ -141,12 +141,26 @@ def _backend() -> str:
     return str(_SESSION.backend)  # type: ignore[attr-defined]
 
 
+class Batches:
+    """The batches the runtime reports in its answers' parameters, each once: (service ms, rows) go to `into`
+    (both the REST and the gRPC blocks record them so)."""
+
+    def __init__(self, into: list[tuple[float, int]] | None) -> None:
+        self.into = into
+        self.seen: set[int] = set()
+
+    def record(self, params: dict) -> None:  # type: ignore[type-arg]
+        if self.into is not None and params["batch_id"] not in self.seen:
+            self.seen.add(params["batch_id"])
+            self.into.append((params["service_ms"], params["batch_size"]))
+
+
 async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list[bytes], clients: int,
                         seconds: float, service_ms: list[tuple[float, int]] | None = None) -> tuple[float, int]:
     """(rows per second, failed) of `clients` closed-loop clients for about `seconds`; the batches' service
     times and rows the runtime reports go to `service_ms` (once per batch)."""
     ok = failed = 0
-    batches: set[int] = set()
+    batches = Batches(service_ms)
     t0 = time.perf_counter()
 
     async def client(i: int) -> None:
@@ -157,10 +171,7 @@ async def runtime_block(c: httpx.AsyncClient, url: str, model: str, bodies: list
             i += 1
             if r.status_code == 200:
                 ok += 1
-                params = r.json()["parameters"]
-                if service_ms is not None and params["batch_id"] not in batches:
-                    batches.add(params["batch_id"])
-                    service_ms.append((params["service_ms"], params["batch_size"]))
+                batches.record(r.json()["parameters"])
             else:
                 failed += 1
                 if failed > 100:
@@ -194,7 +205,7 @@ async def grpc_block(stub, messages: list, clients: int, seconds: float,  # type
     from mlserver_ipa.v2_proto import params_from_pb
 
     ok = failed = 0
-    batches: set[int] = set()
+    batches = Batches(service_ms)
     t0 = time.perf_counter()
 
     async def client(i: int) -> None:
@@ -210,10 +221,7 @@ async def grpc_block(stub, messages: list, clients: int, seconds: float,  # type
             finally:
                 i += 1
             ok += 1
-            params = params_from_pb(response.parameters)
-            if service_ms is not None and params["batch_id"] not in batches:
-                batches.add(params["batch_id"])
-                service_ms.append((params["service_ms"], params["batch_size"]))
+            batches.record(params_from_pb(response.parameters))
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     return ok / (time.perf_counter() - t0), failed
