@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,24 +28,36 @@ QUANTILES = (0.0, 0.01)
 
 
 class ArrivalBudgets(Collector):
-    """Budgets (ms) of the requests that arrived over the last `window_s` seconds of `clock`, for Prometheus."""
+    """Budgets (ms) of the requests that arrived over the last `window_s` seconds of `clock`, for Prometheus.
+
+    Kept in two preallocated arrays used as a ring of `max_samples` (arrival, budget) pairs, not as a Python
+    object per request: its memory is fixed from the start, and the collector has nothing of it to walk."""
 
     def __init__(self, pipeline: str, clock: Callable[[], float], window_s: float = 30.0,
                  max_samples: int = 1 << 16) -> None:
         self.pipeline, self.clock, self.window_s = pipeline, clock, window_s
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._at = np.zeros(max_samples)
+        self._budget = np.zeros(max_samples)
+        self._next = 0  # where the next sample goes; samples are in arrival order from `_next - _count`
+        self._count = 0
 
     def add(self, at: float, budget_ms: float) -> None:
         """A request that arrived at `at` (this clock) with `budget_ms` left."""
         if math.isfinite(budget_ms):
-            self._samples.append((at, budget_ms))
+            i = self._next
+            self._at[i], self._budget[i] = at, budget_ms
+            self._next = (i + 1) % len(self._at)
+            self._count = min(self._count + 1, len(self._at))
 
     def window(self) -> list[float]:
         """The budgets that arrived within the window, oldest first (older ones are forgotten here)."""
-        since = self.clock() - self.window_s
-        while self._samples and self._samples[0][0] < since:
-            self._samples.popleft()
-        return [b for _, b in self._samples]
+        if not self._count:
+            return []
+        order = (np.arange(self._next - self._count, self._next)) % len(self._at)
+        recent = self._at[order] >= self.clock() - self.window_s
+        kept = order[recent]
+        self._count = len(kept)  # arrivals are in time order: what is out of the window is the oldest
+        return self._budget[kept].tolist()
 
     def quantile(self, q: float, budgets: list[float] | None = None) -> float | None:
         """The q-quantile (lower rank) of the window's budgets; None when none arrived."""

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import TEST_TOKEN, MLServer, free_port, image_request
 
+from mlserver_ipa.arrival_budgets import ArrivalBudgets
 from mlserver_ipa.dispatch import DispatchSettings
 from mlserver_ipa.route_table import ReplicaRoute, RouteGroup, RouteTable, StageRoute, Upstreams
 from mlserver_ipa.router import PipelineError, PipelineRouter, RouterClient, serve
@@ -263,3 +264,19 @@ async def test_the_reply_reserve_is_kept_of_every_deadline(stage_server: MLServe
         ok = await c.post("/v2/models/pipe/infer", json=image_request(deadline_ms=30000.0))
         assert ok.status_code == 200, ok.text
         assert 4000.0 < ok.json()["parameters"]["deadline_ms"] < 30000.0  # what is left of the client's deadline
+
+
+def test_arrival_budgets_are_a_bounded_ring_over_the_window() -> None:
+    now = [0.0]
+    budgets = ArrivalBudgets("p", lambda: now[0], window_s=10.0, max_samples=4)
+    for i in range(6):
+        now[0] = float(i)
+        budgets.add(float(i), 100.0 + i)
+    assert budgets.window() == [102.0, 103.0, 104.0, 105.0]  # the ring keeps the newest max_samples
+    now[0] = 13.5
+    assert budgets.window() == [104.0, 105.0]  # older than the window: forgotten
+    budgets.add(13.5, 1.0)
+    budgets.add(13.5, float("inf"))  # no deadline: not a budget
+    assert budgets.window() == [104.0, 105.0, 1.0] and budgets.quantile(0.0) == 1.0
+    now[0] = 100.0
+    assert budgets.window() == [] and budgets.quantile(0.01) is None
