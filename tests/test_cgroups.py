@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from adapter.executors.cgroups import PERIOD_US, CpuController, detect_cpu_controller, process_alive, quota_us
+from adapter.executors.cgroups import (
+    PERIOD_US,
+    WEIGHT_PER_CORE,
+    CpuController,
+    detect_cpu_controller,
+    process_alive,
+    quota_us,
+)
 
 SPIN = [sys.executable, "-c", "while True: pass"]
 
@@ -85,6 +92,18 @@ def test_stale_groups_of_dead_owners_are_removed(controller: CpuController) -> N
         mine.remove()
         if stale.exists():
             stale.rmdir()
+
+
+def test_replicas_weigh_less_than_a_process_per_core(controller: CpuController) -> None:
+    # The quota caps a replica; its weight makes it yield to the router and the adapter under contention.
+    limit = controller.create("light", 2.0)
+    try:
+        default = 1024 if controller.kind == "cgroup1" else 100
+        assert limit.weight() == round(default * WEIGHT_PER_CORE * 2.0)
+        limit.set_cores(0.25)
+        assert limit.weight() == max(2 if controller.kind == "cgroup1" else 1, round(default * WEIGHT_PER_CORE / 4))
+    finally:
+        limit.remove()
 
 
 def test_remove_is_idempotent(controller: CpuController) -> None:
@@ -169,5 +188,6 @@ def test_cgroup2_files_on_a_unified_tree(tmp_path: Path, monkeypatch: pytest.Mon
     assert limit.quota_file.read_text() == f"50000 {PERIOD_US}"
     limit.set_cores(1.25)
     assert limit.quota_file.read_text() == f"125000 {PERIOD_US}" and limit.read_cores() == 1.25
+    assert limit.weight() == 16  # 1.25 cores at an eighth of the default weight (100) per core
     limit.attach(os.getpid())
     assert (limit.path / "cgroup.procs").read_text() == str(os.getpid())

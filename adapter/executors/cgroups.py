@@ -9,7 +9,12 @@ Three ways to limit CPU, found by `detect_cpu_controller()` in this order:
     affinity  neither is writable: the process is pinned to ceil(cores) CPUs with `sched_setaffinity`
               (whole cores only; a warning is printed once). The runtime's thread count does the rest.
 
-Fractional cores are exact with cgroups (quota = cores x period). `IPA_CPU_LIMIT=cgroup2|cgroup1|affinity`
+Fractional cores are exact with cgroups (quota = cores x period). A replica's group also weighs little under
+contention (`cpu.weight` / `cpu.shares`: `WEIGHT_PER_CORE` of a default process per core): the quota caps what
+it takes, the weight says who yields when the machine is short. Replicas yield to the router, the adapter and
+the load generator, which weigh as whole processes (the router at nice -5): with the replicas' quotas adding up
+to the whole machine, the router had been starved at its share beside four replica groups of default weight and
+the pipeline collapsed (1.3 % within the SLO, `benchmarks/pipeline_capacity.py`) instead of shedding. `IPA_CPU_LIMIT=cgroup2|cgroup1|affinity`
 forces one way (e.g. to run unprivileged on a machine where root could write the cgroups).
 
     controller = detect_cpu_controller()
@@ -36,6 +41,8 @@ CpuLimitKind = Literal["cgroup2", "cgroup1", "affinity"]
 PREFIX = "ipa-"
 PERIOD_US = 100_000  # the kernel default CFS period
 MIN_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms
+WEIGHT_PER_CORE = 1 / 8
+"""A replica group's scheduling weight per core, as a share of a default process's (see module doc)."""
 
 _warned_fallback = False
 
@@ -221,15 +228,32 @@ class CpuLimit:
             if self.kind == "cgroup2":
                 assert self.path is not None
                 (self.path / "cpu.max").write_text(f"{quota_us(cores)} {PERIOD_US}")
+                self._weigh("cpu.weight", min(10_000, max(1, round(100 * WEIGHT_PER_CORE * cores))))
             elif self.kind == "cgroup1":
                 assert self.path is not None
                 (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
                 (self.path / "cpu.cfs_quota_us").write_text(str(quota_us(cores)))
+                self._weigh("cpu.shares", max(2, round(1024 * WEIGHT_PER_CORE * cores)))
             else:
                 for pid in list(self.pids):
                     self._pin(pid)
         except OSError as e:
             raise CpuLimitError(f"cannot set {cores} cores on {self.path or self.name}: {e.strerror or e}") from e
+
+    def _weigh(self, file: str, weight: int) -> None:
+        """Set the group's weight where the kernel lets us; the quota alone still bounds the replica."""
+        assert self.path is not None
+        with contextlib.suppress(OSError):
+            (self.path / file).write_text(str(weight))
+
+    def weight(self) -> int | None:
+        """The group's scheduling weight (`cpu.weight` or `cpu.shares`); None for affinity or unreadable."""
+        if self.path is None:
+            return None
+        try:
+            return int((self.path / ("cpu.weight" if self.kind == "cgroup2" else "cpu.shares")).read_text())
+        except (OSError, ValueError):
+            return None
 
     def attach(self, pid: int) -> None:
         """Put a process (all its threads, and the children it starts later) under this limit."""
