@@ -63,11 +63,10 @@ from mlserver_ipa.errors import (
     Unauthorized,
     WritesDisabled,
 )
-from mlserver_ipa.heap import freeze_startup_heap, gc_pauses
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 from mlserver_ipa.request_parameters import parse_control, parse_slo, string_parameters
-from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder, import_backend
+from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder, settle_process
 from mlserver_ipa.settings import (
     THREADS_PER_CORE,
     ControlRequest,
@@ -159,19 +158,14 @@ class VariantRuntime(MLModel):
 
         register_custom_handler(CustomHandler(rest_path=path, rest_method="GET"), control_state)
         register_custom_handler(CustomHandler(rest_path=path, rest_method="POST"), control_apply)
-        self.control_state = control_state
-        self.control_apply = control_apply
+        self.control_state, self.control_apply = control_state, control_apply
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def load(self) -> bool:
         active = self.config.active
         assert active is not None
-        gc_pauses()
-        # Everything imported, the model's backend too, is frozen before the model loads: a model's own objects
-        # can be garbage later (a switched-out PyTorch model holds reference cycles), frozen ones never would be.
-        await asyncio.to_thread(import_backend, self._path(active))  # torch's import takes seconds
-        freeze_startup_heap()
+        await settle_process(self._path(active))
         session = await self._build(active, self.config.threads, self.config.batch_size)
         self._signature = session.signature()
         self._describe(session)
@@ -419,9 +413,8 @@ class VariantRuntime(MLModel):
             return self.state()
 
     def _path(self, variant: str) -> Path:
-        spec = self.config.variant(variant)
-        assert spec is not None
-        return Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
+        uri = Path(next(v.uri for v in self.config.variants if v.name == variant))
+        return uri if uri.is_absolute() else self._folder / uri
 
     async def _build(self, variant: str, threads: int, batch_size: int) -> Session:
         path = self._path(variant)
