@@ -183,7 +183,7 @@ async def test_full_queue_answers_overloaded_503(server: MLServer) -> None:
         try:
             for _attempt in range(3):  # the burst must arrive while the blocker runs; retry if it did not
                 blocker = asyncio.create_task(client.infer(MODEL, images(64), priority=-1))
-                while (await client.control(MODEL))["in_flight"] == 0:  # wait until the blocker is served
+                while not blocker.done() and (await client.control(MODEL))["in_flight"] == 0:  # until served
                     await asyncio.sleep(0.002)
                 results = await asyncio.gather(*(client.infer(MODEL, images(), priority=5) for _ in range(6)))
                 assert (await blocker).ok
