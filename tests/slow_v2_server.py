@@ -31,6 +31,8 @@ def create_app(delay_s: float, status: int) -> Starlette:
             await asyncio.sleep(delay_s)
         finally:
             state["in_flight"] -= 1
+        if status != 200:  # the pipeline's one error shape
+            return JSONResponse({"error": f"answered {status} as asked"}, status_code=status)
         params = {k: v for k, v in (body.get("parameters") or {}).items() if k in ("deadline_ms", "priority")}
         shape = body["inputs"][0]["shape"]
         return JSONResponse(

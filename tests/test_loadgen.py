@@ -110,7 +110,9 @@ async def test_deadlines_priority_and_rows(slow_server: Callable[..., str], tmp_
 
 async def test_errors_are_counted_by_kind(slow_server: Callable[..., str]) -> None:
     plan = make_plan(Trace(np.full(1, 10.0)), arrivals="uniform", slo=FixedSLO(1000))
-    unavailable = summarize(await run_load(slow_server(delay=0.0, status=503), "m", plan, payload=PAYLOAD), plan)
+    records = await run_load(slow_server(delay=0.0, status=503), "m", plan, payload=PAYLOAD)
+    assert {r.reason for r in records} == {"answered 503 as asked"}  # the server's `error`, kept with the row
+    unavailable = summarize(records, plan)
     assert unavailable.errors == {"http_503": 10} and unavailable.ok == 0
     assert unavailable.deadline_met_share == 0.0
     refused = summarize(await run_load(f"http://127.0.0.1:{free_port()}", "m", plan, payload=PAYLOAD), plan)

@@ -180,7 +180,7 @@ def read_records_csv(path: Path) -> list[RequestRecord]:
                 latency_ms=float(r["latency_ms"]), status=int(r["status"]), error=r["error"], variant=r["variant"],
                 deadline_ms=number(r["deadline_ms"]),
                 deadline_met=None if r["deadline_met"] == "" else r["deadline_met"] == "True",
-                left_ms=number(r.get("left_ms") or "")))
+                left_ms=number(r.get("left_ms") or ""), reason=r.get("reason") or ""))
     return sorted(rows, key=lambda x: x.index)
 
 

@@ -121,6 +121,24 @@ class RequestRecord:
     left_ms: float | None = None
     """what the server said was left of the deadline when it answered (its `parameters.deadline_ms`); None when it
     did not say: with `latency_ms`, it tells the time the answer took to come back from the time it took to make"""
+    reason: str = ""
+    """the server's message for an error answer (`{"error": …}`, at most `REASON_CHARS`): which stage or replica
+    shed it and why, so a run's drops can be told apart afterwards"""
+
+
+REASON_CHARS = 300
+
+
+def _error_reason(content: bytes) -> str:
+    """The `error` of a `{"error": "..."}` answer (what every hop of the pipeline answers), else the body's start."""
+    try:
+        body = json.loads(content)
+        text = str(body.get("error", "")) if isinstance(body, dict) else ""
+    except ValueError:
+        text = ""
+    if not text:
+        text = content[:REASON_CHARS].decode("utf-8", "replace")
+    return " ".join(text.split())[:REASON_CHARS]
 
 
 def _error_kind(e: BaseException) -> str:
@@ -183,7 +201,7 @@ async def _send_all(endpoint: str, plan: LoadPlan, payload: V2Payload, timeout_s
             if plan.priority is not None:
                 params["priority"] = plan.priority
             sent = loop.time()
-            status, error, variant, left = 0, "", "", None
+            status, error, variant, left, reason = 0, "", "", None, ""
             request_headers = headers
             if deadline is not None and absolute_deadlines:
                 # The deadline runs from the scheduled send, as the latency does: a request this generator sends
@@ -201,7 +219,7 @@ async def _send_all(endpoint: str, plan: LoadPlan, payload: V2Payload, timeout_s
                     said = answer.get(RELATIVE_PARAM)
                     left = float(said) if isinstance(said, int | float) and not isinstance(said, bool) else None
                 else:
-                    error = f"http_{status}"
+                    error, reason = f"http_{status}", _error_reason(content)
             except (TimeoutError, aiohttp.ClientError) as e:
                 error = _error_kind(e)
             except (ValueError, AttributeError):  # a 200 whose body is not a JSON object (orjson's error is one)
@@ -209,7 +227,7 @@ async def _send_all(endpoint: str, plan: LoadPlan, payload: V2Payload, timeout_s
             latency_ms = (loop.time() - (start + scheduled)) * 1000
             met = None if deadline is None else (not error and latency_ms <= deadline)
             record = RequestRecord(index, scheduled, sent - start, latency_ms, status, error, variant, deadline, met,
-                                   left)
+                                   left, reason)
             records[index] = record
             if on_record is not None:
                 on_record(record)
