@@ -6,9 +6,11 @@ or a replica imports (FastAPI, pydantic, grpc, MLServer, onnxruntime, transforme
 took 110-280 ms on this 2-core machine under load, and the router made one every 20-40 s of a 3x burst
 (`benchmarks/overload.py`): every request in flight then waited that long, past its deadline when it had less
 left. None of those objects is ever garbage, so `freeze_startup_heap` moves them to the permanent generation
-(`gc.freeze`) once a process has imported what it serves: full passes then walk only what was made since. A
-replica freezes before its model loads, not after: a PyTorch model holds reference cycles (7480 objects for
-distilbert-sentiment), so a frozen one switched out in place would never be freed.
+(`gc.freeze`) once a process has imported what it serves: full passes then walk only what was made since. The
+router does; replicas do not yet: frozen before their model loaded (after would keep a PyTorch model switched out
+in place, which holds reference cycles — 7480 objects for distilbert-sentiment), a replica broke the timing a
+failover test relies on (`test_router_failures`: its queue had emptied when the retry was to find it full), not
+understood in the time there was.
 
 `GcPauses` exports the pauses as the Prometheus histogram `ipa_gc_pause_seconds{generation}`, so a pause is seen
 where it happens, not guessed from a latency tail.

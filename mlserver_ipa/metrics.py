@@ -19,7 +19,6 @@ Names and labels (every series has `model`; per-variant ones also `variant`):
     ipa_threads                      gauge      onnxruntime intra-op threads (the cores the replica uses)
     ipa_batch_size_limit             gauge      configured batch size
     ipa_variant_switches_total       counter    session swaps (variant or threads)
-    ipa_gc_pause_seconds             histogram  garbage collector pauses of the process, label generation (`heap`)
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ from mlserver_ipa.errors import (
 from mlserver_ipa.metrics import ModelMetrics
 from mlserver_ipa.queueing import DeadlineQueue, Entry
 from mlserver_ipa.request_parameters import parse_control, parse_slo, string_parameters
-from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder, settle_process
+from mlserver_ipa.session import QUICK_WARMUP_S, Session, SessionHolder
 from mlserver_ipa.settings import (
     THREADS_PER_CORE,
     ControlRequest,
@@ -165,7 +165,6 @@ class VariantRuntime(MLModel):
     async def load(self) -> bool:
         active = self.config.active
         assert active is not None
-        await settle_process(self._path(active))
         session = await self._build(active, self.config.threads, self.config.batch_size)
         self._signature = session.signature()
         self._describe(session)
@@ -412,12 +411,10 @@ class VariantRuntime(MLModel):
             self._metrics.configured(variant, threads, batch_size)
             return self.state()
 
-    def _path(self, variant: str) -> Path:
-        uri = Path(next(v.uri for v in self.config.variants if v.name == variant))
-        return uri if uri.is_absolute() else self._folder / uri
-
     async def _build(self, variant: str, threads: int, batch_size: int) -> Session:
-        path = self._path(variant)
+        spec = self.config.variant(variant)
+        assert spec is not None
+        path = Path(spec.uri) if Path(spec.uri).is_absolute() else self._folder / spec.uri
 
         def compatible(session: Session) -> None:
             if self._signature is not None and session.signature() != self._signature:

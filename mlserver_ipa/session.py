@@ -20,7 +20,6 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from mlserver_ipa.heap import freeze_startup_heap, gc_pauses
 from mlserver_ipa.measuring import fastest
 from mlserver_ipa.ort_options import session_options
 from mlserver_ipa.settings import SequenceLimits
@@ -116,23 +115,6 @@ class Session(Protocol):
     async def run_requests(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]: ...
 
     def measure(self, rows: int, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float: ...
-
-
-def import_backend(path: Path) -> None:
-    """Import what `open_session` needs for `path` (torch and transformers for a checkpoint folder), without
-    opening it: so the imports can be made before a process freezes its start-up heap (`heap`)."""
-    if is_model_folder(path):
-        import mlserver_ipa.transformers_session  # noqa: F401
-
-
-async def settle_process(path: Path) -> None:
-    """Before a replica's model at `path` loads: its GC pauses exported, its backend imported (in a thread:
-    torch's import takes seconds) and everything the process holds frozen (`heap`). Frozen before the model,
-    not after: a model's own objects can become garbage (a PyTorch model switched out in place holds reference
-    cycles), and frozen ones never would be collected."""
-    gc_pauses()
-    await asyncio.to_thread(import_backend, path)
-    freeze_startup_heap()
 
 
 def open_session(variant: str, path: Path, threads: int, limits: SequenceLimits) -> Session:
