@@ -23,7 +23,6 @@ import ctypes
 import ctypes.util
 import gc
 import time
-from functools import cache
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
@@ -69,12 +68,6 @@ class GcPauses:
     def close(self) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
-
-
-@cache
-def gc_pauses(registry: CollectorRegistry = REGISTRY) -> GcPauses:
-    """The process's `GcPauses` in `registry` (made once: Prometheus refuses a name registered twice)."""
-    return GcPauses(registry)
 
 
 async def return_freed_memory(every_s: float = TRIM_EVERY_S) -> None:

@@ -54,7 +54,7 @@ from mlserver_ipa.deadlines import (
     DEADLINE_HEADER,
 )
 from mlserver_ipa.dispatch import DispatchSettings
-from mlserver_ipa.heap import freeze_startup_heap, gc_pauses, return_freed_memory
+from mlserver_ipa.heap import GcPauses, freeze_startup_heap, return_freed_memory
 from mlserver_ipa.limits import LimitsMiddleware, RequestLimits
 from mlserver_ipa.pipeline_router import (
     ROUTER_WRITES,
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 reply_reserve_ms=args.reply_reserve_ms)
     router = PipelineRouter(args.pipeline, [s for s in args.stages.split(",") if s], dispatch=dispatch,
                             budget_window_s=args.budget_window_s, upstreams=Upstreams(required=args.require_upstreams))
-    gc_pauses(router.registry)
+    GcPauses(router.registry)  # the router's only registry: made once per process
     # Its own process, its own event loop (uvloop); the connection protocol is the one with the request limits.
     config = uvicorn.Config(create_app(router, token), host=args.host, port=args.port, log_level="warning",
                             loop="none", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
