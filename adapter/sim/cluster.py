@@ -98,7 +98,7 @@ class Replica:
     __slots__ = (
         "id", "stage", "config", "table", "queue", "policy", "times", "estimate", "busy", "busy_until",
         "in_flight", "ready", "draining", "token", "timer_at", "pending", "charged", "removed", "waiting",
-        "ready_at",
+        "ready_at", "free_since",
     )
 
     def __init__(
@@ -110,6 +110,7 @@ class Replica:
         self.times = ServiceTimes(ewma_alpha, deviations=deviations)
         self.busy = False
         self.busy_until = 0.0
+        self.free_since: float | None = None  # when its last batch ended: the batch window opens no earlier
         self.in_flight = 0
         self.ready = False
         self.draining = False

@@ -300,7 +300,7 @@ class Engine:
     def _plan(self, r: Replica) -> None:
         """The runtime batcher's loop body with the server free at `now`."""
         now = self.now
-        plan = plan_batch(r.queue, now, r.policy, r.estimate)
+        plan = plan_batch(r.queue, now, r.policy, r.estimate, r.free_since)
         for d in plan.dropped:
             self._drop(d.entry.item, LATE, r.stage)
         batch = plan.batch
@@ -376,6 +376,7 @@ class Engine:
                 elif kind == FREE:
                     r: Replica = payload
                     r.busy = False
+                    r.free_since = t
                     r.in_flight = 0
                     if r.queue:
                         self._plan(r)
