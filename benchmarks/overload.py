@@ -45,6 +45,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_harness import Server, model_repository  # noqa: E402
 
 
+def late_200s_explained(records: list[RequestRecord]) -> str:
+    """Where the late 200s lost their time: answered with time left at the router (its `deadline_ms` in the
+    answer), they were late by this generator's send lag (counted from the scheduled send, while the router's
+    clock starts at arrival unless `--absolute`) and by the sockets there and back."""
+    told = [(x.latency_ms, (x.sent_s - x.scheduled_s) * 1000, x.deadline_ms, x.left_ms) for x in records
+            if x.status == 200 and x.deadline_met is False and x.left_ms is not None and x.deadline_ms is not None]
+    if not told:
+        return "none said what was left"
+    lag = [g for _, g, _, _ in told]
+    left = [f for _, _, _, f in told]
+    wire = [lat - g - (d - f) for lat, g, d, f in told]
+    return (f"{sum(f >= 0 for f in left)} of {len(told)} left the router with time left ({min(left):.1f} to "
+            f"{max(left):.1f} ms); send lag {min(lag):.1f} to {max(lag):.1f} ms, sockets there and back "
+            f"{min(wire):.1f} to {max(wire):.1f} ms")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -248,6 +264,7 @@ async def main() -> None:
     print(f"goodput during burst   {r['burst_goodput_rps']:.1f} rps = {r['burst_goodput_rps'] / cap:.0%} of capacity "
           f"(target >= 90 %); shed {r['shed_share_burst']:.0%} of the burst")
     print(f"late 200s              {r['late_200']:.0f} (target 0; client-side, from the scheduled send)")
+    print(f"                       {late_200s_explained(records)}")
     print(f"p99 answered           before {r['p99_before']:.0f} ms, burst {r['p99_burst']:.0f} ms, after "
           f"{r['p99_after']:.0f} ms (target <= {args.slo_ms:g})")
     print(f"recovered              {r['recovered_s']:.1f} s after the burst (target <= 5 s)")
