@@ -52,7 +52,7 @@ def late_200s_explained(records: list[RequestRecord]) -> str:
     told = [(x.latency_ms, (x.sent_s - x.scheduled_s) * 1000, x.deadline_ms, x.left_ms) for x in records
             if x.status == 200 and x.deadline_met is False and x.left_ms is not None and x.deadline_ms is not None]
     if not told:
-        return "none said what was left"
+        return "no late 200 said what was left at the router"
     lag = [g for _, g, _, _ in told]
     left = [f for _, _, _, f in told]
     wire = [lat - g - (d - f) for lat, g, d, f in told]
