@@ -20,6 +20,11 @@ from adapter.decision.solvers.mip import map_status
 from adapter.decision.stage_latency import stage_p99_ms
 
 TOL = 1e-7
+CBC_TOL = 1e-6
+"""How far CBC's optimum may fall below the exact one's: its primal and dual tolerances (about 1e-7 a term) let it
+stop on a tie in accuracy, cores and batch that carries a little more of the energy term, whose weight is ~3e-6
+per joule (a hypothesis case in CI: the same accuracy, cores and batch, energy 2.72 vs 2.57, objective 4.3e-7
+lower)."""
 
 
 def group_p99(table: StageTable, o: Option, count: int, load: float) -> float:
@@ -143,7 +148,7 @@ def test_split_stages_agree_between_solvers(problem: Problem) -> None:
     cbc = solve(problem, rs, solver="mip", max_seconds=30)
     assert exact.status == cbc.status
     if exact.status == "optimal":
-        assert math.isclose(exact.objective.value, cbc.objective.value, rel_tol=TOL, abs_tol=TOL)
+        assert math.isclose(exact.objective.value, cbc.objective.value, rel_tol=TOL, abs_tol=CBC_TOL)
         check_constraints(problem, exact)
         single = solve(problem, [Restriction(batches=r.batches) for r in rs], solver="exact")
         if single.status == "optimal":  # splitting only widens the choice
