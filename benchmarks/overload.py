@@ -1,10 +1,11 @@
 """Overload through the real data plane: a 3x burst, then nominal load again. Prints the issue-12 targets.
 
     python benchmarks/overload.py [--models build/models/resnet] [--variant resnet18] [--batch 4] [--slo-ms 250]
-                                  [--burst-s 30] [--calm-s 20] [--seed 0] [--absolute]
+                                  [--burst-s 30] [--calm-s 20] [--seed 0] [--relative]
 
 One replica (`python -m mlserver_ipa.server`, the local cluster's) behind the router in its own process
-(`adapter.control.router_process`), requests carrying the SLO as `deadline_ms`. First the capacity: requests per second answered 200 (within
+(`adapter.control.router_process`), requests carrying the SLO as `deadline_ms` and, as `ipa load` sends them,
+as an absolute `ipa-deadline` from their scheduled send (`--relative`: `deadline_ms` only). First the capacity: requests per second answered 200 (within
 their deadline) by a closed loop of 8 clients. Then open-loop
 Poisson arrivals: nominal (60 % of capacity) for `--calm-s`, 3x nominal for `--burst-s`, nominal for `--calm-s`.
 
@@ -48,7 +49,7 @@ from serving_harness import Server, model_repository  # noqa: E402
 def late_200s_explained(records: list[RequestRecord]) -> str:
     """Where the late 200s lost their time: answered with time left at the router (its `deadline_ms` in the
     answer), they were late by this generator's send lag (counted from the scheduled send, while the router's
-    clock starts at arrival unless `--absolute`) and by the sockets there and back."""
+    clock starts at arrival with `--relative`) and by the sockets there and back."""
     told = [(x.latency_ms, (x.sent_s - x.scheduled_s) * 1000, x.deadline_ms, x.left_ms) for x in records
             if x.status == 200 and x.deadline_met is False and x.left_ms is not None and x.deadline_ms is not None]
     if not told:
@@ -187,8 +188,9 @@ async def main() -> None:
     parser.add_argument("--calm-s", type=float, default=20.0)
     parser.add_argument("--resolution", type=int, default=64, help="the demo family's image size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--absolute", action="store_true",
-                        help="requests carry their deadline as `ipa-deadline` from their scheduled send")
+    parser.add_argument("--relative", action="store_true",
+                        help="requests carry only `deadline_ms`, counted from the router's arrival stamp (default: "
+                             "also `ipa-deadline` from their scheduled send, as `ipa load` sends them)")
     parser.add_argument("--replica-cores", type=float, default=1.0,
                         help="the replica's CPU limit, as the local cluster sets it (cgroup quota; default "
                              "%(default)s): the rest of the machine is the router's and the load generator's")
@@ -246,7 +248,7 @@ async def main() -> None:
                 os.setpriority(os.PRIO_PROCESS, 0, args.generator_nice)
                 Path("/proc/self/autogroup").write_text(str(args.generator_nice))
             records = await run_load(router.url, "bench", plan, payload=payload, timeout_s=30,
-                                     absolute_deadlines=args.absolute)
+                                     absolute_deadlines=not args.relative)
             read = await reading
             cpu = await cpu_task
             await asyncio.sleep(2)

@@ -349,6 +349,9 @@ def main() -> None:
                         help="measure only the switch: every variant switched to RUNS times under load")
     parser.add_argument("--switch-profile", type=Path, help="with --switch: write the medians to this CSV")
     parser.add_argument("--runtime-tree", type=Path, help="with --switch: serve with this checkout's runtime")
+    parser.add_argument("--cores", type=float,
+                        help="with --switch: the replica's CPU limit, as the local cluster sets it (cgroup quota); "
+                             "default none (the switch may then load on more than its threads' cores)")
     args = parser.parse_args()
     from mlserver_ipa.zoo import TRANSFORMERS_FAMILIES, build_repository
 
@@ -439,6 +442,7 @@ def switch_main(args: argparse.Namespace) -> None:
     import os
     import statistics
 
+    from adapter.executors.cgroups import detect_cpu_controller
     from adapter.profiling.switch_profile import SwitchRow, write_switch_profile
     from mlserver_ipa.zoo import TRANSFORMERS_FAMILIES
 
@@ -446,8 +450,9 @@ def switch_main(args: argparse.Namespace) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(args.runtime_tree.resolve()), os.environ.get("PYTHONPATH", "")])
     tmp = Path(tempfile.mkdtemp(prefix="ipa-bench-switch-"))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"runtime: {args.runtime_tree or 'this tree'}; switch under load: {args.threads} thread(s), {args.batch} closed-loop clients at batch {args.batch}, "
-          f"{args.switch} runs per variant; load average {load}")
+    cores = "no CPU limit" if args.cores is None else f"{args.cores:g} core(s) ({detect_cpu_controller().kind})"
+    print(f"runtime: {args.runtime_tree or 'this tree'}; switch under load: {args.threads} thread(s), {cores}, "
+          f"{args.batch} closed-loop clients at batch {args.batch}, {args.switch} runs per variant; load average {load}")
     print(f"{'family':<16} {'switch to':<24} {'MB':>6} {'switch s (runs)':<28} {'median':>7} {'serving':>7} "
           f"{'failed':>6}  load avg")
     rows = []
@@ -458,11 +463,16 @@ def switch_main(args: argparse.Namespace) -> None:
         p = payload(kind, question=question)
         bodies = [p.body({}, i) for i in range(len(p.alternatives))]
         server = serve(folder / "model-settings.json", family, args.threads, tmp)
+        limit = None if args.cores is None else detect_cpu_controller().create(f"switch-{os.getpid()}", args.cores)
         try:
+            if limit is not None:
+                limit.attach(server.process.pid)
             server.wait_ready([family], timeout=600)
             got = asyncio.run(switching(server, family, bodies, args.batch, list(fam.variant_names), args.switch))
         finally:
             server.stop()
+            if limit is not None:
+                limit.remove()
         for v in fam.variant_names:
             mine = [g for g in got if g[0] == v]
             times, ratios = [g[1] for g in mine], [g[2] for g in mine if g[2] is not None]
@@ -477,7 +487,8 @@ def switch_main(args: argparse.Namespace) -> None:
             rows.append(SwitchRow(variant=v, family=family, bytes=size, switch_s=round(med, 2),
                                   serving_ratio=round(min(max(ratio if ratio is not None else 0.5, 0.01), 1.5), 2),
                                   runs=len(times),
-                                  machine=f"measured: {args.threads} thread(s), batch {args.batch}, load {load}{note}"))
+                                  machine=f"measured: {args.threads} thread(s), {cores}, batch {args.batch}, "
+                                          f"load {load}{note}"))
     if args.switch_profile is not None:
         write_switch_profile(args.switch_profile, rows)
         print(f"wrote {args.switch_profile}")

@@ -3,7 +3,9 @@
     python tests/slow_v2_server.py --port 8123 --delay 0.5 [--status 200]
 
 The answer echoes `parameters.deadline_ms` and `priority`, names the variant `slow`, and counts requests at
-`GET /stats` (`{"received": n, "concurrent_max": m}`) so a test can see what arrived while answers were pending.
+`GET /stats` (`{"received": n, "concurrent_max": m, "deadline_headers": k, "lead_ms_max": x}`) so a test can see
+what arrived while answers were pending, and how many requests carried an `ipa-deadline` header (with the
+largest time it left on arrival, ms).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 
 import uvicorn
 from starlette.applications import Starlette
@@ -20,9 +23,14 @@ from starlette.routing import Route
 
 
 def create_app(delay_s: float, status: int) -> Starlette:
-    state = {"received": 0, "in_flight": 0, "concurrent_max": 0}
+    state: dict[str, float] = {"received": 0, "in_flight": 0, "concurrent_max": 0, "deadline_headers": 0,
+                               "lead_ms_max": float("-inf")}
 
     async def infer(request: Request) -> JSONResponse:
+        at = request.headers.get("ipa-deadline")
+        if at is not None:
+            state["deadline_headers"] += 1
+            state["lead_ms_max"] = max(state["lead_ms_max"], float(at) - time.time() * 1000)
         body = json.loads(await request.body())
         state["received"] += 1
         state["in_flight"] += 1
@@ -45,7 +53,7 @@ def create_app(delay_s: float, status: int) -> Starlette:
         )
 
     async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(state)
+        return JSONResponse({k: (None if v == float("-inf") else v) for k, v in state.items()})
 
     return Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"]), Route("/stats", stats)])
 

@@ -136,6 +136,12 @@ def test_ipa_load_command(slow_server: Callable[..., str], tmp_path: Path, capsy
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["sent"] == len(rows) > 10 and summary["ok"] == len(rows)
     assert all(float(r["deadline_ms"]) == 1000 for r in rows)
+    # a client's deadline runs from its send: each request carried it as `ipa-deadline`, at most the SLO ahead
+    stats = httpx.get(f"{url}/stats").json()
+    assert stats["deadline_headers"] == stats["received"] == len(rows)
+    assert stats["lead_ms_max"] <= 1000 + 50  # wall clocks of two processes on one machine: within a few ms
+    assert ipa([*args, "--relative-deadlines"]) == 0  # ... or only `deadline_ms`, counted by the server
+    assert httpx.get(f"{url}/stats").json()["deadline_headers"] == len(rows)
 
 
 @pytest.mark.skipif(not BUS_LOG.is_file(), reason="shared bandwidth log not present")

@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="each request also carries parameters.question, answered by its text (for a QA stage)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30 s)")
     p.add_argument("--max-connections", type=int, default=1024, help="sockets open at once (default 1024)")
+    p.add_argument("--relative-deadlines", action="store_true",
+                   help="send only parameters.deadline_ms, counted by the server from its arrival stamp (default: "
+                        "also the absolute deadline from each request's scheduled send, header ipa-deadline)")
     p.add_argument("--out", metavar="CSV", help="one row per request; the summary goes next to it as .json")
     p.set_defaults(func=_run)
 
@@ -89,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
 
         records = asyncio.run(
             run_load(args.url, args.model, plan, payload=payload, timeout_s=args.timeout,
-                     max_connections=args.max_connections, on_record=done)
+                     max_connections=args.max_connections, on_record=done,
+                     absolute_deadlines=not args.relative_deadlines)
         )  # fmt: skip
     summary = summarize(records, plan)
     for line in summary.lines():

@@ -160,14 +160,15 @@ async def run_load(
     timeout_s: float = 30.0,
     max_connections: int = 1024,
     on_record: Callable[[RequestRecord], None] | None = None,
-    absolute_deadlines: bool = False,
+    absolute_deadlines: bool = True,
 ) -> list[RequestRecord]:
     """Send `plan` to `url` (`/v2/models/<model>/infer` is appended) open-loop; the records in plan order.
 
     `max_connections` bounds the sockets open at once; a request waiting for one is already late, and its
-    latency (from the scheduled time) says so. `absolute_deadlines`: each request also carries its deadline as
-    an absolute `ipa-deadline` header counted from its scheduled send, so the servers shed what this generator
-    sent late (off by default: the demo's figures count the deadline from the router's arrival stamp).
+    latency (from the scheduled time) says so. `absolute_deadlines` (the default): each request also carries its
+    deadline as an absolute `ipa-deadline` header counted from its scheduled send, as a client's own deadline
+    runs, so the servers shed what this generator sent late instead of answering it after the client's deadline;
+    off, the router counts `deadline_ms` from its own arrival stamp and the generator's lag is invisible to it.
     """
     endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
     # The generator stands in for clients on other machines: its own collector's pauses (a full pass over what
