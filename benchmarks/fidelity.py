@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--predictor", default="reactive")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, one live run each (default 0)")
     ap.add_argument("--models", type=Path, default=ROOT / "build" / "models")
+    ap.add_argument("--profiles", choices=("auto", "here", "shipped"), default="auto",
+                    help="as `ipa demo --profiles` (default auto: each stage's profile is spot-checked on this "
+                         "machine and measured here, into build/profiles, when none agrees)")
     ap.add_argument("--out", type=Path, help="keep each run's report in OUT/seed-N (default: a temporary folder)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -85,7 +88,8 @@ def main() -> None:
                                     duration_s=args.duration, peak_rps=args.peak_rps, budget_cores=args.budget_cores,
                                     policy=args.policy,
                                     predictor=args.predictor, interval_s=args.interval, seed=seed,
-                                    out=base / folder, models=args.models, home=Path(tmp) / "ipa")
+                                    out=base / folder, models=args.models, home=Path(tmp) / "ipa",
+                                    profiles=args.profiles)
             before = _load_average()
             result = asyncio.run(run_demo(settings, progress=lambda m: print(m, flush=True)))
             results.append(result)

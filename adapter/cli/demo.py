@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", action="append", default=[], metavar="STAGE=DIR",
                    help="serve a stage from this built model repository instead of its demo family (repeatable)")
     p.add_argument("--home", type=Path, help="where the cluster keeps its state (default $IPA_HOME or ./.ipa)")
+    p.add_argument("--profiles", choices=("auto", "here", "shipped"), default="auto",
+                   help="what the adapter and the simulator plan with: the first profile a spot check on this machine "
+                        "agrees with (the graph's or one shipped for another machine in profiles/machines), else "
+                        "one measured here (auto, the default; a few minutes once, kept in build/profiles); one "
+                        "measured here (here); the graph's unchecked (shipped)")
     p.add_argument("--quiet", action="store_true", help="no line per decision while it runs")
     p.set_defaults(func=run)
     runtime_demo.register(p.add_subparsers(dest="demo", metavar="{runtime}"))
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         graph=args.graph, trace=args.trace, trace_file=args.trace_file, duration_s=args.duration,
         peak_rps=args.peak_rps, budget_cores=args.budget_cores, policy=args.policy, predictor=args.predictor, interval_s=args.interval,
         scale_down_intervals=args.scale_down_after, seed=args.seed, out=args.out, models=args.models,
-        repositories=_repositories(args.repository), home=args.home)
+        repositories=_repositories(args.repository), home=args.home, profiles=args.profiles)
 
     def say(line: str) -> None:
         print(line, flush=True)

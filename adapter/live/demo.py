@@ -46,6 +46,7 @@ from adapter.decision.policy_types import PolicyConfig, PolicyContext, PolicySet
 from adapter.errors import UsageError
 from adapter.forecast.predictors import PREDICTOR_NAMES
 from adapter.live.measured import LiveRun, latencies_ms, measured_frame, run_live
+from adapter.profiling.machine_profiles import DEFAULT_ROOT, Choice, plan_with_this_machine
 from adapter.profiling.profile import load_graph_profiles
 from adapter.sim.metrics import Frame, TickRecord
 from adapter.sim.report import plot_frames, plot_tradeoff, write_frame
@@ -93,6 +94,11 @@ class DemoSettings:
     home: Path | None = None
     """where the local cluster keeps its state (default `$IPA_HOME` or ./.ipa: `ipa status` sees the demo)"""
     sim: SimSettings = field(default_factory=SimSettings)
+    profiles: Choice = "shipped"
+    """which profiles the adapter and the simulator plan with: the graph's (`shipped`), measured on this machine
+    (`here`), or the first a spot check on this machine agrees with, else measured here (`auto`, `ipa demo`'s
+    default); this machine's are kept under `profiles_root` (`adapter.profiling.machine_profiles`)"""
+    profiles_root: Path = DEFAULT_ROOT
 
 
 # -------------------------------------------------------------------------------------------------- workload
@@ -320,7 +326,7 @@ async def run_demo(
     on_up: Callable[[EmbeddedPipeline], None] | None = None,
 ) -> DemoResult:
     """The whole demo (module doc); `progress` gets one line per step, `on_record` every live decision."""
-    spec = check(settings)
+    spec = await this_machines_profiles(check(settings), settings, progress)
     trace = demo_trace(settings, spec)
     up = UpSettings(port=0, adapter_port=0, policy=settings.policy, predictor=settings.predictor,
                     interval_s=settings.interval_s, scale_down_intervals=settings.scale_down_intervals,
@@ -348,6 +354,12 @@ async def run_demo(
     return DemoResult(spec, trace, run, frames, summaries, fid, settings.out, title)
 
 
+async def this_machines_profiles(spec: GraphSpec, settings: DemoSettings, progress: Callable[[str], None]) -> GraphSpec:
+    """`spec` planning with the profiles `settings.profiles` asks for (`adapter.profiling.machine_profiles`)."""
+    return await plan_with_this_machine(spec, settings.profiles, root=settings.profiles_root,
+                                        models_dir=settings.models, say=lambda m: progress(f"ipa demo: {m}"))
+
+
 def reproduce(settings: DemoSettings, spec: GraphSpec, trace: Trace) -> str:
     """The `ipa demo` command that replays the same arrivals (the peak as it was, computed or given)."""
     argv = ["ipa", "demo", "--graph", str(settings.graph), "--trace", settings.trace]
@@ -357,7 +369,7 @@ def reproduce(settings: DemoSettings, spec: GraphSpec, trace: Trace) -> str:
              "--budget-cores", f"{spec.budget_cores:g}", "--policy", settings.policy,
              "--predictor", settings.predictor, "--interval", f"{settings.interval_s:g}",
              "--scale-down-after", str(settings.scale_down_intervals), "--seed", str(settings.seed),
-             "--out", str(settings.out)]
+             "--out", str(settings.out), "--profiles", settings.profiles]
     return shlex.join(argv)
 
 
