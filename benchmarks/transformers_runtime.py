@@ -458,6 +458,9 @@ def switch_main(args: argparse.Namespace) -> None:
     rows = []
     for family in args.families.split(","):
         fam = TRANSFORMERS_FAMILIES[family]
+        if len(fam.variant_names) < 2:
+            print(f"{family:<16} one variant ({', '.join(fam.variant_names)}): nothing to switch to")
+            continue
         folder = args.models / family / family
         kind, question = KINDS[family]
         p = payload(kind, question=question)

@@ -213,6 +213,11 @@ def test_a_sparse_load_does_not_flap_a_slow_switch_through_a_configuration_chose
     assert any("switch hold" in n and "opus-mt-tc-big-fr-en" in n for n in quiet.notes)
     sparse = run(cfg, [1.0, 0.0] * 8)
     assert set(translation(sparse)) == {"opus-mt-fr-en"}
-    # a lasting quiet spell still switches, after ceil(2 * 18.47 / 0.5 / 10) = 8 intervals of wanting it
+    # a lasting quiet spell still switches, after ceil(2 * T / 0.5 / 10) intervals of wanting it (T: tc-big's
+    # measured switch on one core, profiles/switch.csv)
+    t = load_switch_costs(spec)["opus-mt-tc-big-fr-en"].switch_s / 0.5
     lasting = translation(run(cfg, [1.0] + [0.0] * 10))
-    assert lasting.index("opus-mt-tc-big-fr-en") == 1 + hold_intervals(18.47 / 0.5, 10.0, 2.0) - 1
+    hold = hold_intervals(t, 10.0, 2.0)
+    # once held that long it is made, unless it also gives cores back (infadapter's: 2 -> 1.5), which the
+    # scale-down hysteresis holds for its own count of intervals
+    assert hold <= lasting.index("opus-mt-tc-big-fr-en") <= max(hold, cfg.settings.scale_down_intervals)

@@ -46,8 +46,9 @@ class InForce:
 
 def switch_seconds(costs: Mapping[str, SwitchCost], variant: str, cores: float = 1.0) -> float:
     """The time a switch to `variant` takes on a replica of `cores` (0 when it was not measured: the switch is
-    taken as free). Measured on one core; on a fraction of one, the warm-up batch that dominates it takes longer
-    in proportion, so the time is scaled by 1/cores below one core."""
+    taken as free). Measured under a 1-core quota; on half a core the measured switches took 1.1-2.4x as long
+    (loading is partly page-cache reads the quota does not slow), so 1/cores below one core is the cautious
+    scale."""
     cost = costs.get(variant)
     return 0.0 if cost is None else cost.switch_s / min(1.0, max(cores, 1e-3))
 
