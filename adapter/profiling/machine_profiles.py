@@ -118,12 +118,12 @@ def compare(measured: Profile, profile: Path) -> SpotCheck:
     return SpotCheck(profile, ratios)
 
 
-async def spot_check(spec: GraphSpec, stage: StageSpec, into: Path, models_dir: Path,
+async def spot_check(spec: GraphSpec, stage: StageSpec, machine: str, into: Path, models_dir: Path,
                      settings: ProfilerSettings = SETTINGS) -> list[SpotCheck]:
-    """Measure `stage`'s spot points here into `into` and compare every candidate with them, in order."""
+    """Measure `stage`'s spot points here (on `machine`) into `into` and compare every candidate with them."""
     names, batch, cores = spot_points(stage, spec.budget_cores)
     measured = await profile_stage(spec, stage, into, names, [batch], [cores], settings, False, models_dir, False)
-    return [compare(measured, c) for c in candidates(spec, stage, this_machine())]
+    return [compare(measured, c) for c in candidates(spec, stage, machine)]
 
 
 async def measured_here(spec: GraphSpec, stage: StageSpec, path: Path, models_dir: Path,
@@ -160,7 +160,7 @@ async def plan_with_this_machine(
         if choice == "auto" and not local.exists():
             with tempfile.TemporaryDirectory(prefix="ipa-spot-") as tmp:
                 spot = Path(tmp) / local.name
-                checks = await spot_check(spec, stage, spot, models_dir, settings)
+                checks = await spot_check(spec, stage, machine, spot, models_dir, settings)
                 fit = next((c for c in checks if c.fits(tolerance)), None)
                 said = f"{stage.name}: spot check on {machine}, measured / profiled throughput: " + \
                     "; ".join(c.describe() for c in checks)
