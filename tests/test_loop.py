@@ -164,6 +164,33 @@ async def test_service_decides_every_interval_and_records_why_it_kept_the_config
     assert len(executor.applied) == 1
 
 
+class SlowScrapes(DirectSource):
+    """A router whose metrics take 0.3 s of virtual time to answer."""
+
+    def __init__(self, clock: VirtualClock, url: str) -> None:
+        super().__init__("loop", url, lambda: {}, started_at=0.0, timeout_s=0.5)
+        self.virtual, self.sampled_at = clock, []
+
+    async def sample(self, now: float) -> None:
+        self.sampled_at.append(now)
+        self.virtual.now += 0.3
+
+
+async def test_load_samples_fall_on_whole_seconds_from_the_decision_however_long_a_scrape_takes() -> None:
+    """The per-second load must cover the seconds the load was sent in: a sample a second after the previous
+    one ended would drift by each scrape's time (0.3 s here) and cut the trace's seconds in the wrong places."""
+    clock = VirtualClock(until=2 * INTERVAL + 0.5)
+    monitor = SlowScrapes(clock, f"http://127.0.0.1:{free_port()}/metrics")
+    service = AdapterService(make_loop(), DryRunExecutor(), monitor,
+                             AdapterSettings(interval_s=INTERVAL, sample_s=1.0),
+                             clock=clock, sleep=clock.sleep, wallclock=lambda: 1.7e9)
+    with pytest.raises(TimeoutError):
+        await service.run()
+    await monitor.aclose()
+    assert [r.at for r in service.records()] == [0.0, 5.0, 10.0]
+    assert monitor.sampled_at == pytest.approx([1, 2, 3, 4, 6, 7, 8, 9])
+
+
 async def test_a_failed_apply_is_retried_reported_and_what_runs_is_recorded(variant_repo: Path,
                                                                            tmp_path: Path) -> None:
     """A real local cluster whose model cannot load: every attempt fails, the record says so and shows what really

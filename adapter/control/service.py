@@ -79,6 +79,8 @@ class ObservedLoad(BaseModel):
     reason: str | None = None
     window_s: float = 0.0
     load_rps: float = 0.0
+    rates: list[float] = Field(default_factory=list, description="the window's load per second, rps: what the "
+                                                                  "predictor read")
     p99_ms: float | None = None
     requests: int = 0
     errors: int = 0
@@ -94,6 +96,7 @@ class ObservedLoad(BaseModel):
     @classmethod
     def of(cls, o: Observation, network_delay_ms: float = 0.0) -> ObservedLoad:
         return cls(available=o.available, reason=o.reason, window_s=o.window_s, load_rps=o.load_rps,
+                   rates=[round(r, 3) for r in o.rates],
                    p99_ms=o.p99_ms, requests=o.requests, errors=o.errors, dropped=o.dropped,
                    deadline_misses=o.deadline_misses, cpu_cores=o.cpu_cores, arrival_budget_ms=o.arrival_budget_ms,
                    network_delay_ms=network_delay_ms, notes=list(o.notes))
@@ -341,8 +344,12 @@ class AdapterService:
             if now >= due - 1e-9:
                 await self.decide("interval")
                 continue
-            await self.sleep(min(self.settings.sample_s, due - now))
-            if self.clock() < due - 1e-9:
+            # Samples fall on whole steps from the decision, not a step after the previous sample: the scrape's
+            # own time would add up, and the per-second load would drift off the seconds the load is sent in.
+            step = self.settings.sample_s
+            next_sample = last + (math.floor((now - last) / step + 1e-9) + 1) * step
+            await self.sleep(min(next_sample, due) - now)
+            if self.clock() < due - 1e-9 and self.last_decided_at == last:  # (a forced decision moves the steps)
                 await self.monitor.sample(self.clock())
 
     # -- reading ------------------------------------------------------------------------------------------------

@@ -146,7 +146,9 @@ async def run_live(
             assert proc.stdout is not None
             await proc.stdout.readline()  # "<trace>: N requests over D s ...": printed just before the first send
             t0 = time.monotonic() + 0.05  # run_load's lead before its first send
-            # A decision now restarts the adapter's interval timer: it then decides at k·interval of the load.
+            # A decision at t0 restarts the adapter's interval timer: it then decides at k·interval of the load,
+            # and samples its per-second load on the load's own seconds, as the simulator counts them.
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
             await service.decide("forced")
             out, err = await proc.communicate()
         finally:
