@@ -52,6 +52,11 @@ DEGRADED_AT_20_RPS = {"fa2-high", "sponge", "static", "vpa"}
 accurate variants (fa2-high), replicas fixed at one (sponge), the spec's own configuration (static), and cores
 from CPU use with the most accurate variant (vpa). Every other policy finds a feasible plan on 32 cores."""
 
+DEGRADED_AT_5_RPS = DEGRADED_AT_20_RPS - {"sponge"}
+"""At 5 rps on the video pipeline's 2 cores: sponge's one replica per stage (YOLOv5x and ResNet-152 at 1 core each)
+carries it within 600 ms on the detector profile measured through the gRPC hop (16 rps at batch 1 on 2 cores); the
+others' fixed choices still miss (static and vpa by 10 ms, fa2-high on the budget)."""
+
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_decides_every_stage(name: str) -> None:
@@ -327,8 +332,8 @@ def test_every_shipped_graph_is_loaded_and_solved(path: Path) -> None:
             assert d.status == "optimal" or (d.status == "degraded" and d.reason), (name, d.reason)
             continue
         # 5 rps fits every vision graph, except the video pipeline for the policies whose fixed choices cannot
-        # meet its 600 ms SLO with queueing counted (see DEGRADED_AT_20_RPS)
-        fixed = spec.name == "video-monitoring" and name in DEGRADED_AT_20_RPS
+        # meet its 600 ms SLO with queueing counted (see DEGRADED_AT_5_RPS)
+        fixed = spec.name == "video-monitoring" and name in DEGRADED_AT_5_RPS
         assert d.status == ("degraded" if fixed else "optimal"), (name, d.reason)
     for name in ("joint", "ipa", "fa2-low", "rim"):
         d = decide(ctx(light or 1.0), cfg.with_settings(policy=name))[0]
