@@ -17,6 +17,7 @@ from pathlib import Path
 from conftest import SMALL_VARIANTS
 
 from adapter.executors.cgroups import detect_cpu_controller
+from adapter.live.demo import DemoSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 IPA = str(Path(sys.executable).parent / "ipa")
@@ -71,7 +72,10 @@ def test_the_demo_reports_live_beside_simulated(variant_repo: Path, tmp_path: Pa
     decisions = [json.loads(line) for line in (report / "decisions.jsonl").read_text().splitlines()]
     # What the loop decided to do, not how fast this machine let it: it decided on its interval (3 s), and
     # never sooner than that.
-    assert json.loads((report / "meta.json").read_text())["interval_s"] == 3
+    meta = json.loads((report / "meta.json").read_text())
+    assert meta["interval_s"] == 3
+    # the simulated run decided with the live adapter's settings (the demo's hysteresis, not the policy default)
+    assert meta["policy_settings"]["scale_down_intervals"] == DemoSettings.scale_down_intervals == 2
     intervals = [d["at"] for d in decisions if d["trigger"] == "interval"]
     assert intervals, [d["trigger"] for d in decisions]
     assert all(later - earlier >= 3.0 - 0.05 for earlier, later in zip(intervals, intervals[1:], strict=False))

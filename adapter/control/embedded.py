@@ -80,6 +80,10 @@ class UpSettings:
     initial_load_rps: float = 1.0
     cluster: LocalClusterSettings | None = None
 
+    def policy_settings(self) -> PolicySettings:
+        """What the adapter decides with; a simulation of this pipeline is to be given the very same."""
+        return PolicySettings(policy=self.policy, scale_down_intervals=self.scale_down_intervals)
+
 
 def build_models(spec: GraphSpec, settings: UpSettings, progress: Callable[[str], None] = print) -> dict[str, Path]:
     """Per stage, its model repository: given in `settings.repositories`, else the stage's demo family from
@@ -171,8 +175,7 @@ class EmbeddedPipeline:
     async def _start(self) -> None:
         s, spec = self.settings, self.spec
         spec.require_profiles()
-        config = PolicyConfig.create(spec, settings=PolicySettings(policy=s.policy,
-                                                                   scale_down_intervals=s.scale_down_intervals))
+        config = PolicyConfig.create(spec, settings=s.policy_settings())
         loop = AdaptationLoop(config, s.predictor)  # bad policy/predictor names fail here, before anything starts
         repos = {} if s.dry_run else await asyncio.to_thread(build_models, spec, s, self.progress)
 

@@ -186,14 +186,15 @@ def replay(ticks: list[TickRecord], interval_s: float) -> AdapterStep:
     return step
 
 
-def simulations(spec: GraphSpec, trace: Trace, plan: LoadPlan, run: LiveRun, settings: DemoSettings
-                ) -> tuple[SimResult, SimResult]:
-    """The simulator on the live run's arrivals: its own decisions (`simulated`), the live ones (`replayed`).
+def simulations(spec: GraphSpec, trace: Trace, plan: LoadPlan, run: LiveRun, settings: DemoSettings,
+                policy: PolicySettings) -> tuple[SimResult, SimResult]:
+    """The simulator on the live run's arrivals: its own decisions (`simulated`) with the live adapter's `policy`
+    settings, the live decisions (`replayed`).
 
     Before the load the live adapter saw `idle_s` seconds of nothing: the simulated one is given that history
     too, so both start from the same first decision."""
     history = np.zeros(min(int(run.idle_s), 900))
-    own = simulate(spec, trace, settings.policy, predictor=settings.predictor, history=history, name="simulated",
+    own = simulate(spec, trace, policy, predictor=settings.predictor, history=history, name="simulated",
                    settings=settings.sim, seed=settings.seed, arrivals=plan.times_s)
     replayed = simulate(spec, trace, replay(run.ticks, spec.interval_s), name="replayed", settings=settings.sim,
                         seed=settings.seed, arrivals=plan.times_s)
@@ -344,13 +345,16 @@ async def run_demo(
     plan = run.plan
 
     progress("ipa demo: simulating the same arrivals ...")
-    own, replayed = simulations(spec, trace, plan, run, settings)
+    # The live adapter held lower needs for the demo's `scale_down_intervals` (2); simulated with the policy's
+    # default (3) instead, every scale-down came an interval later and the simulated cores ran 0.07-0.12 high.
+    policy = up.policy_settings()
+    own, replayed = simulations(spec, trace, plan, run, settings, policy)
     frames = {"real": measured_frame(spec, run), "simulated": own.frame, "replayed": replayed.frame}
     latencies = {"real": latencies_ms(run), "simulated": own.latency_ms, "replayed": replayed.latency_ms}
     summaries = [summarize(name, frames[name], spec, latencies[name]) for name in RUNS]
     title = f"{spec.name}: live vs simulated, {settings.policy}/{settings.predictor}"
     fid = fidelity({s.policy: s for s in summaries}, run, own, spec.interval_s)
-    write_report(settings.out, spec, trace, run, frames, summaries, title, settings, fid)
+    write_report(settings.out, spec, trace, run, frames, summaries, title, settings, fid, policy)
     return DemoResult(spec, trace, run, frames, summaries, fid, settings.out, title)
 
 
@@ -374,7 +378,8 @@ def reproduce(settings: DemoSettings, spec: GraphSpec, trace: Trace) -> str:
 
 
 def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames: Mapping[str, Frame],
-                 summaries: list[Summary], title: str, settings: DemoSettings, fid: Fidelity) -> None:
+                 summaries: list[Summary], title: str, settings: DemoSettings, fid: Fidelity,
+                 policy: PolicySettings) -> None:
     """The results folder `ipa experiment` writes (so `ipa report` redraws it), with the live run's records."""
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
@@ -392,6 +397,7 @@ def write_report(out: Path, spec: GraphSpec, trace: Trace, run: LiveRun, frames:
         "title": title, "notes": notes, "spec": str(spec.source) if spec.source else spec.name,
         "trace": trace.name, "duration_s": len(trace), "requests": len(run.plan), "policies": list(frames),
         "policy": settings.policy, "predictor": settings.predictor, "seed": settings.seed, "arrivals": "poisson",
+        "policy_settings": policy.model_dump(),  # the live adapter's and the simulated run's
         "slo_ms": spec.slo_ms, "interval_s": spec.interval_s, "budget_cores": spec.budget_cores, "objective": spec.objective.model_dump(),
         "idle_s": run.idle_s, "cpu_limit": run.cpu_limit, "settings": asdict(settings.sim),
         "fidelity": {**asdict(fid), "p99_error_pct": fid.p99_error_pct},
