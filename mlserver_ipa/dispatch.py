@@ -75,9 +75,22 @@ class DispatchSettings:
     (`benchmarks/overload.py --records`, its `left_ms` against the latency)."""
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """What a waiter is handed instead of a slot: the `Shed` its request is answered with.
+
+    Not the exception itself: a future keeps what it was given, and a raised exception's traceback holds the
+    frame that awaited the future, which holds the future. Each request shed from the queue made such a cycle,
+    with its tensors in it, until the collector's next full pass (its young passes run every 10 000
+    allocations, `heap.YOUNG_EVERY`): the router's RSS stayed up after a burst."""
+
+    status: int
+    message: str
+
+
 @dataclass
 class _Waiter:
-    future: asyncio.Future[Pick] = field(repr=False)
+    future: asyncio.Future[Pick | _Refusal] = field(repr=False)
     exclude: tuple[str, ...] = ()
     """Replicas that already failed this request."""
 
@@ -154,14 +167,14 @@ class StageDispatch:
                 continue
             if head.deadline <= now:
                 self.queue.pop()
-                waiter.future.set_exception(Shed(504, self._late(now - head.deadline)))
+                waiter.future.set_result(_Refusal(504, self._late(now - head.deadline)))
                 continue
             call = self.call_time
             if call is not None and now + call > head.deadline:  # it waited here too long to make it: not sent
                 self.queue.pop()
-                waiter.future.set_exception(Shed(504, f"deadline cannot be met at stage {self.stage!r}: "
-                                                      f"{(head.deadline - now) * 1000:.1f} ms left after its wait, "
-                                                      f"a call takes {call * 1000:.1f} ms"))
+                waiter.future.set_result(_Refusal(504, f"deadline cannot be met at stage {self.stage!r}: "
+                                                       f"{(head.deadline - now) * 1000:.1f} ms left after its wait, "
+                                                       f"a call takes {call * 1000:.1f} ms"))
                 continue
             # A retry avoids the replicas that failed it, unless only they have a slot.
             pick = self._take(waiter.exclude) or (self._take(()) if waiter.exclude else None)
@@ -184,18 +197,21 @@ class StageDispatch:
         waiter = _Waiter(asyncio.get_running_loop().create_future(), tuple(exclude))
         left_out = self.queue.push(waiter, deadline=deadline, priority=priority)
         if left_out is not None and not left_out.item.future.done():
-            left_out.item.future.set_exception(Shed(503, f"overloaded: {len(self.queue)} requests wait for "
-                                                         f"{slots} slot(s) of stage {self.stage!r}"))
+            left_out.item.future.set_result(_Refusal(503, f"overloaded: {len(self.queue)} requests wait for "
+                                                          f"{slots} slot(s) of stage {self.stage!r}"))
         timeout = self.settings.max_wait_s if math.isinf(deadline) else max(0.0, deadline - now)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            got = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
         except (TimeoutError, asyncio.CancelledError) as e:
             self.queue.remove_if(lambda e: e.item is waiter)
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+            if waiter.future.done() and not waiter.future.cancelled() and isinstance(waiter.future.result(), Pick):
                 self.release(waiter.future.result())  # handed a slot just as it gave up: pass it on
             if isinstance(e, TimeoutError):
                 raise Shed(504, self._late(0.0)) from None
             raise
+        if isinstance(got, _Refusal):
+            raise Shed(got.status, got.message)
+        return got
 
     def _late(self, by_s: float) -> str:
         return (f"deadline exceeded waiting for a replica of stage {self.stage!r} "

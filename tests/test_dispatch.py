@@ -5,6 +5,7 @@ the dispatch are plain state; the clock is the event loop's."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 
 import pytest
@@ -163,3 +164,38 @@ async def test_the_call_time_is_the_variants_routed_to_now() -> None:
     assert d.call_time is None  # switched in, not answered yet: no estimate sheds for it
     d.observe(Pick(fast.groups[0].replicas[0], "fast"), 0.05)
     assert d.call_time == pytest.approx(0.05)  # not an average with the variant it replaced
+
+
+async def test_a_shed_request_leaves_no_reference_cycle_for_the_collector() -> None:
+    """Shed from a full queue (503) and shed when its slot comes too late (504): nothing of either request is
+    left for the garbage collector. A future that kept the raised exception had made a cycle through the
+    awaiting frame, and every shed request's tensors waited in it for a full collection."""
+    d = dispatch(batch=1, in_flight_per_batch=1, min_in_flight=1, min_queue=1, queue_per_slot=1)
+    first = await d.acquire(d.clock() + 10, 0)
+    assert first is not None
+
+    async def shed(deadline_s: float) -> int:
+        try:
+            await d.acquire(d.clock() + deadline_s, 0)
+        except Shed as e:
+            return e.status
+        return 200
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            late = asyncio.create_task(shed(0.2))   # waits, then is pushed out by a more urgent one: 503
+            await asyncio.sleep(0)
+            urgent = asyncio.create_task(shed(0.01))  # times out while it waits: 504
+            await asyncio.sleep(0.02)
+            assert (await late, await urgent) == (503, 504)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        frames = [o for o in gc.garbage if type(o).__name__ == "frame"]
+        assert not frames, sorted({f.f_code.co_qualname for f in frames})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    d.release(first)
