@@ -69,6 +69,8 @@ def test_per_second_rates_cover_the_window() -> None:
     assert per_second_rates([(10, 100), (10, 100)]) == ()
     assert per_second_rates([(0, 0), (1, 5), (1.1, 16)]) == (16 / 1.1,)  # a 0.1 s tail is no rate of its own
     assert per_second_rates([(0, 0), (0.2, 3)]) == (15.0,)
+    # samples on whole seconds, each scrape a few ms late: the count of each second, as the simulator counts them
+    assert per_second_rates([(0.002, 0), (1.0024, 23), (2.003, 43), (4.004, 47)]) == (23, 20, 2, 2)
 
 
 # -- a real router and replica -------------------------------------------------------------------------------
