@@ -127,16 +127,17 @@ def test_vpa_reads_the_measured_cpu_per_replica() -> None:
 class VirtualClock:
     """The service's clock and sleep: time moves only when the service sleeps."""
 
-    def __init__(self, until: float) -> None:
-        self.now, self.until = 0.0, until
+    def __init__(self, until: float, overshoot_s: float = 0.0) -> None:
+        self.now, self.until, self.overshoot_s = 0.0, until, overshoot_s
         self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        """Wakes `overshoot_s` late, as an event loop does."""
         self.sleeps.append(seconds)
-        self.now += seconds
+        self.now += seconds + self.overshoot_s
         if self.now > self.until:
             raise TimeoutError("virtual time is up")
 
@@ -176,10 +177,11 @@ class SlowScrapes(DirectSource):
         self.virtual.now += 0.3
 
 
-async def test_load_samples_fall_on_whole_seconds_from_the_decision_however_long_a_scrape_takes() -> None:
+async def test_load_samples_and_decisions_stay_on_whole_seconds_however_long_a_scrape_takes() -> None:
     """The per-second load must cover the seconds the load was sent in: a sample a second after the previous
-    one ended would drift by each scrape's time (0.3 s here) and cut the trace's seconds in the wrong places."""
-    clock = VirtualClock(until=2 * INTERVAL + 0.5)
+    one ended would drift by each scrape's time (0.3 s here) and cut the trace's seconds in the wrong places;
+    an interval counted from the moment a decision woke (1 ms late here) would drift by as much each time."""
+    clock = VirtualClock(until=2 * INTERVAL + 0.5, overshoot_s=0.001)
     monitor = SlowScrapes(clock, f"http://127.0.0.1:{free_port()}/metrics")
     service = AdapterService(make_loop(), DryRunExecutor(), monitor,
                              AdapterSettings(interval_s=INTERVAL, sample_s=1.0),
@@ -187,8 +189,8 @@ async def test_load_samples_fall_on_whole_seconds_from_the_decision_however_long
     with pytest.raises(TimeoutError):
         await service.run()
     await monitor.aclose()
-    assert [r.at for r in service.records()] == [0.0, 5.0, 10.0]
-    assert monitor.sampled_at == pytest.approx([1, 2, 3, 4, 6, 7, 8, 9])
+    assert [r.at for r in service.records()] == pytest.approx([0.0, 5.001, 10.001])
+    assert monitor.sampled_at == pytest.approx([1.001, 2.001, 3.001, 4.001, 6.001, 7.001, 8.001, 9.001])
 
 
 async def test_a_failed_apply_is_retried_reported_and_what_runs_is_recorded(variant_repo: Path,

@@ -257,8 +257,9 @@ class AdapterService:
                                                  self.state)
             return await self._carry_out(step, "start", now)
 
-    async def decide(self, trigger: Trigger = "forced") -> DecisionRecord:
-        """One interval now: observe, step, apply, record."""
+    async def decide(self, trigger: Trigger = "forced", due: float | None = None) -> DecisionRecord:
+        """One interval now: observe, step, apply, record. `due`: when it was scheduled (`run`), which the next
+        interval counts from; else from now."""
         async with self._lock:
             now = self.clock()
             try:
@@ -266,10 +267,14 @@ class AdapterService:
             except Exception as e:  # a source must not raise; if one does, it is an unavailable observation
                 observation = Observation.unavailable(now, 0.0, f"monitor failed: {type(e).__name__}: {e}")
             step, self.state = self.loop.step(self.state, observation, now, self.policy_settings, self.predictor)
-            return await self._carry_out(step, trigger, now)
+            return await self._carry_out(step, trigger, now, due)
 
-    async def _carry_out(self, step: Step, trigger: Trigger, now: float) -> DecisionRecord:
-        self.last_decided_at = now
+    async def _carry_out(self, step: Step, trigger: Trigger, now: float, due: float | None = None) -> DecisionRecord:
+        # Intervals count from when a decision was due, not from when it woke (a millisecond or so later): counted
+        # from the wake-up, the decisions drifted off the seconds of the load (30 ms over a 150-s demo), and with
+        # them the per-second samples. A decision more than an interval late starts the count afresh.
+        on_time = due is not None and now - due < self.settings.interval_s
+        self.last_decided_at = due if on_time else now
         report = ApplyReport(ok=True, attempts=0)
         if step.apply:
             result, attempts = await self._apply(step.decision)
@@ -342,7 +347,7 @@ class AdapterService:
             due = last + self.settings.interval_s
             now = self.clock()
             if now >= due - 1e-9:
-                await self.decide("interval")
+                await self.decide("interval", due)
                 continue
             # Samples fall on whole steps from the decision, not a step after the previous sample: the scrape's
             # own time would add up, and the per-second load would drift off the seconds the load is sent in.
