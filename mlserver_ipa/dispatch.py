@@ -204,8 +204,9 @@ class StageDispatch:
             got = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
         except (TimeoutError, asyncio.CancelledError) as e:
             self.queue.remove_if(lambda e: e.item is waiter)
-            if waiter.future.done() and not waiter.future.cancelled() and isinstance(waiter.future.result(), Pick):
-                self.release(waiter.future.result())  # handed a slot just as it gave up: pass it on
+            handed = waiter.future.result() if waiter.future.done() and not waiter.future.cancelled() else None
+            if isinstance(handed, Pick):
+                self.release(handed)  # handed a slot just as it gave up: pass it on
             if isinstance(e, TimeoutError):
                 raise Shed(504, self._late(0.0)) from None
             raise
