@@ -351,8 +351,8 @@ class AdapterService:
                 continue
             # Samples fall on whole steps from the decision, not a step after the previous sample: the scrape's
             # own time would add up, and the per-second load would drift off the seconds the load is sent in.
-            step = self.settings.sample_s
-            next_sample = last + (math.floor((now - last) / step + 1e-9) + 1) * step
+            every = self.settings.sample_s
+            next_sample = last + (math.floor((now - last) / every + 1e-9) + 1) * every
             await self.sleep(min(next_sample, due) - now)
             if self.clock() < due - 1e-9 and self.last_decided_at == last:  # (a forced decision moves the steps)
                 await self.monitor.sample(self.clock())
